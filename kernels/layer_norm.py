@@ -1,0 +1,50 @@
+"""Layer norm fused with the residual add (BERT is post-LN: LN(sublayer(x) + x)).
+
+    y = (v - mean(v)) / sqrt(var(v) + eps) * gamma + beta,   v = x + bias + residual
+
+eps is 1e-12 in BERT and DistilBERT. That is below fp32's resolution for any real variance, so it
+only matters for a row that is (nearly) constant; it must still be the configured value, since a
+float64 run compares at 1e-12 and a wrong eps (1e-5, say) moves small-variance rows visibly.
+Mean and variance are taken in float64 even for fp32 rows: over D = 768 values an fp32 running
+sum loses ~D * 6e-8 relative, which would be our own drift rather than the model's.
+"""
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+# ---------------------------------------------------------------- NumPy twins (the math)
+
+
+def layer_norm_ref(v, gamma, beta, eps):  # [..., D], [D], [D], float -> [..., D]
+    mean = v.mean(axis=-1, keepdims=True)
+    var = ((v - mean) ** 2).mean(axis=-1, keepdims=True)  # biased variance, as torch's LayerNorm
+    return (v - mean) / np.sqrt(var + eps) * gamma + beta
+
+
+def residual_layer_norm_ref(x, bias, residual, gamma, beta, eps):  # [N, D], [D], [N, D], [D], [D] -> [N, D]
+    return layer_norm_ref(x + bias + residual, gamma, beta, eps)
+
+# ---------------------------------------------------------------- Numba kernel
+
+
+@njit(cache=True, parallel=True)
+def residual_layer_norm(x, bias, residual, gamma, beta, eps, out):  # [N, D], [D], [N, D], [D], [D], f, [N, D] -> [N, D]
+    """out <- LN(x + bias + residual). ``out`` may be ``x`` or ``residual`` (row i is read before written)."""
+    n, d = x.shape
+    for i in prange(n):
+        total = 0.0
+        for j in range(d):
+            v = x[i, j] + bias[j] + residual[i, j]  # rounded to the row's dtype, as torch does
+            out[i, j] = v
+            total += v
+        mean = total / d
+        sq = 0.0
+        for j in range(d):
+            c = out[i, j] - mean
+            sq += c * c
+        inv_std = 1.0 / math.sqrt(sq / d + eps)
+        for j in range(d):
+            out[i, j] = (out[i, j] - mean) * inv_std * gamma[j] + beta[j]
+    return out

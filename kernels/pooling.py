@@ -1,0 +1,88 @@
+"""Pooling: one vector per text from its token vectors, as sentence-transformers' Pooling does.
+
+    cls                   h[0]                              the [CLS] token
+    lasttoken             h[n - 1]                          the last real token ([SEP] for BERT)
+    mean                  sum_t h[t] / n                    padding excluded: it is not part of the text,
+                                                            and counting it would make a text's vector
+                                                            depend on the longest text in its batch
+    mean_sqrt_len_tokens  sum_t h[t] / sqrt(n)
+    max                   max_t h[t]                        per channel, padding set to -inf first
+    weightedmean          sum_t (t+1) h[t] / sum_t (t+1)    later tokens weigh more (position 1-based)
+
+n is the text's real token count (special tokens included). Sums are taken in float64 and the
+result rounded once to the tokens' dtype.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
+_CODES = {mode: i for i, mode in enumerate(POOLING_MODES)}
+
+# ---------------------------------------------------------------- NumPy twin (the math)
+
+
+def pool_ref(tokens, mask, mode):  # [B, T, D], [B, T], str -> [B, D]
+    m = mask[:, :, None].astype(np.float64)
+    h = tokens.astype(np.float64)
+    n = np.maximum(m.sum(axis=1), 1e-9)  # [B, 1]; the clamp is sentence-transformers' guard against 0
+    if mode == "cls":
+        out = h[:, 0]
+    elif mode == "lasttoken":
+        out = h[np.arange(len(h)), mask.sum(axis=1) - 1]
+    elif mode == "mean":
+        out = (h * m).sum(axis=1) / n
+    elif mode == "mean_sqrt_len_tokens":
+        out = (h * m).sum(axis=1) / np.sqrt(n)
+    elif mode == "max":
+        out = np.where(m > 0, h, -np.inf).max(axis=1)
+    elif mode == "weightedmean":
+        w = m * np.arange(1, h.shape[1] + 1)[None, :, None]
+        out = (h * w).sum(axis=1) / np.maximum(w.sum(axis=1), 1e-9)
+    else:
+        raise ValueError(f"unknown pooling mode {mode!r}; known: {', '.join(POOLING_MODES)}")
+    return out.astype(tokens.dtype)
+
+# ---------------------------------------------------------------- Numba kernel
+
+
+@njit(cache=True, parallel=True)
+def _pool_packed(tokens, offsets, code, out):  # [N, D], [B + 1], int, [B, D] -> [B, D]
+    d = tokens.shape[1]
+    for b in prange(offsets.shape[0] - 1):
+        start, end = offsets[b], offsets[b + 1]
+        n = end - start
+        acc = np.zeros(d, dtype=np.float64)
+        if code == 0:  # cls
+            for c in range(d):
+                acc[c] = tokens[start, c]
+        elif code == 5:  # lasttoken
+            for c in range(d):
+                acc[c] = tokens[end - 1, c]
+        elif code == 1:  # max
+            acc[:] = -np.inf
+            for t in range(start, end):
+                for c in range(d):
+                    acc[c] = max(acc[c], tokens[t, c])
+        else:  # mean, mean_sqrt_len_tokens, weightedmean
+            weight_sum = 0.0
+            for t in range(start, end):
+                w = float(t - start + 1) if code == 4 else 1.0
+                weight_sum += w
+                for c in range(d):
+                    acc[c] += w * tokens[t, c]
+            denom = max(weight_sum, 1e-9)
+            if code == 3:
+                denom = np.sqrt(max(float(n), 1e-9))
+            for c in range(d):
+                acc[c] /= denom
+        for c in range(d):
+            out[b, c] = acc[c]
+    return out
+
+
+def pool(tokens, offsets, mode):  # [N, D], [B + 1], str -> [B, D]
+    if mode not in _CODES:
+        raise ValueError(f"unknown pooling mode {mode!r}; known: {', '.join(POOLING_MODES)}")
+    out = np.empty((len(offsets) - 1, tokens.shape[1]), dtype=tokens.dtype)
+    return _pool_packed(tokens, offsets, _CODES[mode], out)
