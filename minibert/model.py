@@ -167,7 +167,7 @@ class SentenceEncoder:
 
 def _compute_dtype(dtype):  # "float32" | np.float32 | ... -> np.dtype, or a clear error
     try:
-        name = np.dtype(dtype).name
+        name = np.dtype(dtype).name if dtype is not None else None
     except TypeError:
         name = None
     if name not in _DTYPES:

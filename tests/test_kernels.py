@@ -1,0 +1,131 @@
+"""Each Numba kernel against its NumPy twin, on random shapes.
+
+Tolerances: float64 agrees to 1e-12 relative (only summation order differs); float32 to 2e-6
+relative, a few fp32 ulps of the values involved (the kernels accumulate in float64, the twins
+in the array's dtype, so the fp32 twin is the less exact of the two).
+"""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from minibert.kernels import (
+    POOLING_MODES, attention_packed, attention_ref, bias_act, bias_act_ref, pack, pool, pool_ref,
+    residual_layer_norm, residual_layer_norm_ref, unpack,
+)
+from minibert.kernels.activations import ACTIVATIONS
+
+TOL = {np.float32: 2e-6, np.float64: 1e-12}
+dtypes = st.sampled_from([np.float32, np.float64])
+lengths_st = st.lists(st.integers(1, 40), min_size=1, max_size=6)
+
+
+def close(fast, ref, dtype, scale=None):
+    scale = np.abs(ref).max() if scale is None else scale
+    err = np.abs(np.asarray(fast, np.float64) - np.asarray(ref, np.float64)).max() / max(scale, 1e-30)
+    assert err <= TOL[dtype], f"relative error {err:.3g} > {TOL[dtype]:g}"
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 50), f=st.integers(1, 300), act=st.sampled_from(sorted(ACTIVATIONS)), dtype=dtypes,
+       seed=st.integers(0, 2**31))
+def test_bias_act_matches_twin(n, f, act, dtype, seed):
+    rng = np.random.default_rng(seed)
+    h = (rng.standard_normal((n, f)) * 3).astype(dtype)
+    b = rng.standard_normal(f).astype(dtype)
+    ref = bias_act_ref(h.astype(np.float64), b.astype(np.float64), act)
+    fast = bias_act(h.copy(), b, ACTIVATIONS[act])
+    assert fast.dtype == dtype
+    close(fast, ref, dtype)
+
+
+def test_gelu_forms_differ_where_it_matters():
+    # Using the tanh form where erf is configured is a real bug: it must be visible above fp32 noise.
+    x = np.linspace(-4, 4, 1001)
+    zero = np.zeros(1)
+    diff = np.abs(bias_act_ref(x, zero, "gelu_erf") - bias_act_ref(x, zero, "gelu_tanh")).max()
+    assert 1e-4 < diff < 1e-2
+    assert bias_act_ref(np.array([0.0, 1.0, -1.0]), zero, "gelu_erf") == pytest.approx([0.0, 0.8413447460685429, -0.15865525393145707])
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 40), d=st.integers(2, 200), dtype=dtypes, eps=st.sampled_from([1e-12, 1e-5]),
+       seed=st.integers(0, 2**31))
+def test_residual_layer_norm_matches_twin(n, d, dtype, eps, seed):
+    rng = np.random.default_rng(seed)
+    x, r = (rng.standard_normal((2, n, d)) * 2).astype(dtype)
+    bias, gamma, beta = rng.standard_normal((3, d)).astype(dtype)
+    ref = residual_layer_norm_ref(*(a.astype(np.float64) for a in (x, bias, r, gamma, beta)), eps)
+    out = residual_layer_norm(x, bias, r, gamma, beta, eps, np.empty_like(x))
+    close(out, ref, dtype)
+    # in place on the residual (how the encoder calls it) gives the same
+    r2 = r.copy()
+    residual_layer_norm(x, bias, r2, gamma, beta, eps, r2)
+    np.testing.assert_array_equal(r2, out)
+
+
+def test_layer_norm_eps_is_used():
+    # a constant row has zero variance: the output is beta, and eps decides how close we get to it
+    x = np.full((1, 8), 3.0) + np.arange(8) * 1e-7
+    g, b, z = np.ones(8), np.zeros(8), np.zeros(8)
+    a = residual_layer_norm(x, z, np.zeros_like(x), g, b, 1e-12, np.empty_like(x))
+    c = residual_layer_norm(x, z, np.zeros_like(x), g, b, 1e-5, np.empty_like(x))
+    assert np.abs(a - c).max() > 0.1
+
+
+@settings(max_examples=30, deadline=None)
+@given(lengths=lengths_st, heads=st.sampled_from([1, 2, 4]), dh=st.sampled_from([1, 4, 8, 16]), dtype=dtypes,
+       seed=st.integers(0, 2**31))
+def test_attention_packed_matches_padded_twin(lengths, heads, dh, dtype, seed):
+    rng = np.random.default_rng(seed)
+    B, T, D = len(lengths), max(lengths), heads * dh
+    padded = (rng.standard_normal((B, T, 3 * D)) * 2).astype(dtype)
+    # padding rows hold garbage on purpose: the twin must mask it, the kernel must never see it
+    mask = np.zeros((B, T))
+    for b, n in enumerate(lengths):
+        mask[b, :n] = 1
+    q, k, v = (padded[..., i * D:(i + 1) * D].reshape(B, T, heads, dh).transpose(0, 2, 1, 3).astype(np.float64)
+               for i in range(3))
+    ref = attention_ref(q, k, v, mask).transpose(0, 2, 1, 3).reshape(B, T, D)  # [B, T, D]
+    qkv, offsets = pack(padded, lengths)
+    out = attention_packed(np.ascontiguousarray(qkv), offsets, heads, np.empty((len(qkv), D), dtype))
+    ref_packed, _ = pack(ref, lengths)
+    close(out, ref_packed, dtype)
+
+
+def test_attention_never_mixes_texts():
+    # changing one text's tokens must leave every other text's output bit-identical
+    rng = np.random.default_rng(0)
+    qkv = rng.standard_normal((9, 3 * 8))
+    offsets = np.array([0, 4, 9])
+    a = attention_packed(qkv, offsets, 2, np.empty((9, 8)))
+    qkv2 = qkv.copy()
+    qkv2[4:] = rng.standard_normal((5, 24))
+    b = attention_packed(qkv2, offsets, 2, np.empty((9, 8)))
+    np.testing.assert_array_equal(a[:4], b[:4])
+    assert not np.allclose(a[4:], b[4:])
+
+
+@settings(max_examples=40, deadline=None)
+@given(lengths=lengths_st, d=st.integers(1, 64), mode=st.sampled_from(POOLING_MODES), dtype=dtypes,
+       seed=st.integers(0, 2**31))
+def test_pool_matches_padded_twin(lengths, d, mode, dtype, seed):
+    rng = np.random.default_rng(seed)
+    packed = (rng.standard_normal((sum(lengths), d)) * 3).astype(dtype)
+    offsets = np.cumsum([0] + lengths).astype(np.int64)
+    padded, mask = unpack(packed, offsets, fill=1e6)  # a huge pad value would show any leak
+    out = pool(packed, offsets, mode)
+    assert out.shape == (len(lengths), d) and out.dtype == dtype
+    close(out, pool_ref(padded.astype(np.float64), mask, mode), dtype)
+
+
+def test_pool_modes_by_hand():
+    tokens = np.array([[1.0, 2.0], [3.0, -4.0], [5.0, 0.0]])
+    offsets = np.array([0, 3])
+    expect = {"cls": [1, 2], "lasttoken": [5, 0], "mean": [3, -2 / 3], "max": [5, 2],
+              "mean_sqrt_len_tokens": [9 / np.sqrt(3), -2 / np.sqrt(3)],
+              "weightedmean": [(1 + 6 + 15) / 6, (2 - 8) / 6]}
+    for mode, want in expect.items():
+        np.testing.assert_allclose(pool(tokens, offsets, mode)[0], want, rtol=1e-15, err_msg=mode)
+    with pytest.raises(ValueError, match="unknown pooling mode 'median'"):
+        pool(tokens, offsets, "median")
