@@ -16,7 +16,7 @@ from minibert.kernels import pool
 from . import util
 from .config import load_config
 from .encoder import encode_packed
-from .errors import CheckpointError
+from .errors import CheckpointError, MinibertError
 from .pipeline import read_pipeline
 from .sources import DEFAULT_MODEL, resolve
 from .tokenizer import WordPieceTokenizer
@@ -148,6 +148,12 @@ class SentenceEncoder:
         for start in starts:
             idx = order[start:start + batch_size]
             h, offsets = self._run([ids[i] for i in idx])
+            bad = np.flatnonzero(~np.isfinite(h).all(axis=1))
+            if bad.size:  # NaN/inf weights (or an fp16 overflow) must never become a silent embedding
+                text = idx[int(np.searchsorted(offsets, bad[0], side="right")) - 1]
+                raise MinibertError(
+                    f"the encoder output for text {text} is not finite (NaN or inf): the weights in "
+                    f"{self.path} hold non-finite values or overflow in {self.dtype.name}")
             if tokens:
                 for b, i in enumerate(idx):
                     results[i] = h[offsets[b]:offsets[b + 1]].copy()
