@@ -5,8 +5,9 @@
 eps is 1e-12 in BERT and DistilBERT. That is below fp32's resolution for any real variance, so it
 only matters for a row that is (nearly) constant; it must still be the configured value, since a
 float64 run compares at 1e-12 and a wrong eps (1e-5, say) moves small-variance rows visibly.
-Mean and variance are taken in float64 even for fp32 rows: over D = 768 values an fp32 running
-sum loses ~D * 6e-8 relative, which would be our own drift rather than the model's.
+The row is summed and normalised in float64 even for fp32 inputs and rounded once on output: an
+fp32 running sum over D = 768 values loses ~D * 6e-8 relative, which would be our own drift rather
+than the model's.
 """
 
 import math
@@ -34,17 +35,17 @@ def residual_layer_norm(x, bias, residual, gamma, beta, eps, out):  # [N, D], [D
     """out <- LN(x + bias + residual). ``out`` may be ``x`` or ``residual`` (row i is read before written)."""
     n, d = x.shape
     for i in prange(n):
+        v = np.empty(d, dtype=np.float64)  # the row in float64: one rounding at the end, not three
         total = 0.0
         for j in range(d):
-            v = x[i, j] + bias[j] + residual[i, j]  # rounded to the row's dtype, as torch does
-            out[i, j] = v
-            total += v
+            v[j] = np.float64(x[i, j]) + bias[j] + residual[i, j]
+            total += v[j]
         mean = total / d
         sq = 0.0
         for j in range(d):
-            c = out[i, j] - mean
+            c = v[j] - mean
             sq += c * c
         inv_std = 1.0 / math.sqrt(sq / d + eps)
         for j in range(d):
-            out[i, j] = (out[i, j] - mean) * inv_std * gamma[j] + beta[j]
+            out[i, j] = (v[j] - mean) * inv_std * gamma[j] + beta[j]
     return out

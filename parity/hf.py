@@ -43,9 +43,10 @@ def load_sentence_transformer(model_dir, dtype="float32"):
 
 
 def st_token_ids(st_model, texts):  # -> list of [n_i] int64: exactly what sentence-transformers feeds the model
+    prepare = getattr(st_model, "preprocess", None) or st_model.tokenize  # `tokenize` before v6
     out = []
     for t in texts:
-        features = st_model.tokenize([t])
+        features = prepare([t])
         ids, mask = features["input_ids"][0].numpy(), features["attention_mask"][0].numpy()
         out.append(ids[mask.astype(bool)].astype(np.int64))
     return out

@@ -1,0 +1,82 @@
+"""``python -m parity MODEL``: the command-line face of parity.compare."""
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+from . import hf
+from .compare import collect_reference, compare
+
+
+def read_texts(path):  # .txt (one text per line) or .json (a list of strings) -> list[str]
+    p = Path(path)
+    try:
+        raw = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise SystemExit(f"parity: cannot read --texts {p}: {e}")
+    if p.suffix == ".json":
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise SystemExit(f"parity: --texts {p} is not valid JSON: {e}")
+        if not isinstance(data, list) or not all(isinstance(t, str) for t in data):
+            raise SystemExit(f"parity: --texts {p} must hold a JSON list of strings")
+        return data
+    return raw.split("\n")[:-1] if raw.endswith("\n") else raw.split("\n")
+
+
+def format_report(r):  # report dict -> readable table
+    lines = [f"parity: {r['model']}  ({r['dtype']}, {r['texts']} texts, {r['n_tokens']} tokens)", ""]
+    t = r["tokens"]
+    lines.append(f"tokens      {t['mismatches']} mismatching text(s)")
+    if t["first_mismatch"]:
+        f = t["first_mismatch"]
+        lines.append(f"            first: text {f['text']} at token {f['position']}: minibert {f['minibert']} "
+                     f"vs transformers {f['transformers']}  ({f['snippet']!r})")
+    lines += ["", "layer          max_abs    max_rel   worst (text, token, channel)   vs float64: minibert    torch  allowed",
+              "-" * 112]
+    for row in r["layers"]:
+        w = row["worst"]
+        lines.append(f"{row['name']:<12} {row['max_abs']:9.2e} {row['max_rel']:10.2e}   ({w['text']:>3}, {w['token']:>3}, {w['channel']:>4})"
+                     f"                  {row['oracle_minibert_rel']:9.2e} {row['oracle_torch_rel']:9.2e} {row['allowed']:8.2e}"
+                     f"  {'ok' if row['pass'] else 'FAIL'}")
+    e, o = r["embedding"], r["oracle"]
+    lines += ["", f"embedding   max_abs {e['max_abs']:.2e}  max_rel {e['max_rel']:.2e}  min cosine {e['min_cosine']:.9f}",
+              f"oracle      vs float64 transformers: minibert {o['minibert_max_abs']:.2e} abs / {o['minibert_max_rel']:.2e} rel,"
+              f" torch {o['torch_max_abs']:.2e} abs / {o['torch_max_rel']:.2e} rel -> closer: {o['closer']}", ""]
+    if r["pass"]:
+        lines.append("verdict     PASS (within tolerances: minibert's error from float64 <= 2 x torch fp32's + 2.4e-7)")
+    else:
+        lines.append("verdict     FAIL")
+        lines += [f"            - {f}" for f in r["failures"]]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m parity", description=(
+        "Compare minibert with transformers and sentence-transformers on MODEL: token ids, every layer's "
+        "hidden states, the pooled embedding, and both against a float64 oracle. Exit 0 within tolerance, 1 not."))
+    ap.add_argument("model", help="model directory or hub id")
+    ap.add_argument("--texts", help=".txt (one text per line) or .json (list of strings); default: the suite's own set")
+    ap.add_argument("--json", dest="json_out", metavar="OUT", help="also write the full report as JSON")
+    ap.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    args = ap.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    import minibert
+
+    texts = read_texts(args.texts) if args.texts else hf.default_texts()
+    if not texts:
+        raise SystemExit("parity: no texts to compare")
+    try:
+        model = minibert.load(args.model, dtype=args.dtype)
+    except (minibert.MinibertError, ValueError, TypeError) as e:
+        raise SystemExit(f"parity: {e}")
+    progress = lambda m: print(f"... {m}", file=sys.stderr, flush=True)
+    ref = collect_reference(model.path, texts, args.dtype, progress)
+    report = compare(model, texts, ref, progress)
+    print(format_report(report))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(report, indent=2))
+    return 0 if report["pass"] else 1
