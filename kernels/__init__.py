@@ -24,12 +24,12 @@ Numba kernel with the same meaning. Kernels are compiled with ``cache=True`` onc
 
 from .activations import gelu_erf, gelu_erf_ref, gelu_tanh, gelu_tanh_ref, relu, relu_ref, bias_act, bias_act_ref
 from .layer_norm import layer_norm_ref, residual_layer_norm, residual_layer_norm_ref
-from .attention import attention_packed, attention_ref, pack, unpack
+from .attention import attention_packed, attention_ref, pack, softmax_ref, softmax_rows, unpack
 from .pooling import POOLING_MODES, pool, pool_ref
 
 __all__ = [
     "gelu_erf", "gelu_erf_ref", "gelu_tanh", "gelu_tanh_ref", "relu", "relu_ref", "bias_act", "bias_act_ref",
     "layer_norm_ref", "residual_layer_norm", "residual_layer_norm_ref",
-    "attention_packed", "attention_ref", "pack", "unpack",
+    "attention_packed", "attention_ref", "pack", "softmax_ref", "softmax_rows", "unpack",
     "POOLING_MODES", "pool", "pool_ref",
 ]

@@ -13,7 +13,7 @@ than the model's.
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 # ---------------------------------------------------------------- NumPy twins (the math)
 
@@ -30,15 +30,16 @@ def residual_layer_norm_ref(x, bias, residual, gamma, beta, eps):  # [N, D], [D]
 # ---------------------------------------------------------------- Numba kernel
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy")
 def residual_layer_norm(x, bias, residual, gamma, beta, eps, out):  # [N, D], [D], [N, D], [D], [D], f, [N, D] -> [N, D]
     """out <- LN(x + bias + residual). ``out`` may be ``x`` or ``residual`` (row i is read before written)."""
     n, d = x.shape
-    for i in prange(n):
-        v = np.empty(d, dtype=np.float64)  # the row in float64: one rounding at the end, not three
-        total = 0.0
+    v = np.empty(d, dtype=np.float64)  # the row in float64: one rounding at the end, not three
+    for i in range(n):
         for j in range(d):
             v[j] = np.float64(x[i, j]) + bias[j] + residual[i, j]
+        total = 0.0
+        for j in range(d):
             total += v[j]
         mean = total / d
         sq = 0.0

@@ -14,7 +14,7 @@ result rounded once to the tokens' dtype.
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
 _CODES = {mode: i for i, mode in enumerate(POOLING_MODES)}
@@ -46,10 +46,10 @@ def pool_ref(tokens, mask, mode):  # [B, T, D], [B, T], str -> [B, D]
 # ---------------------------------------------------------------- Numba kernel
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy")
 def _pool_packed(tokens, offsets, code, out):  # [N, D], [B + 1], int, [B, D] -> [B, D]
     d = tokens.shape[1]
-    for b in prange(offsets.shape[0] - 1):
+    for b in range(offsets.shape[0] - 1):
         start, end = offsets[b], offsets[b + 1]
         n = end - start
         acc = np.zeros(d, dtype=np.float64)

@@ -129,3 +129,23 @@ def test_pool_modes_by_hand():
         np.testing.assert_allclose(pool(tokens, offsets, mode)[0], want, rtol=1e-15, err_msg=mode)
     with pytest.raises(ValueError, match="unknown pooling mode 'median'"):
         pool(tokens, offsets, "median")
+
+
+@settings(max_examples=30, deadline=None)
+@given(rows=st.integers(1, 20), t=st.integers(1, 80), dtype=dtypes, scale=st.floats(0.05, 2.0), seed=st.integers(0, 2**31))
+def test_softmax_rows_matches_twin(rows, t, dtype, scale, seed):
+    from minibert.kernels import softmax_ref, softmax_rows
+    rng = np.random.default_rng(seed)
+    s = (rng.standard_normal((rows, t)) * 20).astype(dtype)  # wide scores: exp underflow must not hurt
+    ref = softmax_ref(s.astype(np.float64) * scale)
+    out = softmax_rows(s.copy(), scale, dtype == np.float64)
+    close(out, ref, dtype, scale=1.0)
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=4e-7 if dtype == np.float32 else 1e-14)
+
+
+def test_exp_nonpositive():
+    from minibert.kernels.attention import exp_nonpositive
+    x = -np.linspace(0, 100, 200001)
+    got = np.array([exp_nonpositive(v) for v in x[::50]])
+    want = np.exp(x[::50])
+    assert (np.abs(got - want) <= 1e-10 * want + 1e-34).all()
