@@ -114,7 +114,9 @@ class OnnxRuntime:
         st = load_sentence_transformer(model_dir)
         self.tokenizer, self.max_len = st.tokenizer, st.max_seq_length
         self.modes, self.normalize = minibert_model.pooling_modes, minibert_model.normalize
+        # eager attention: the sdpa path's mask handling is traced as constants by the exporter
         auto = st[0].model.eval()
+        auto.set_attn_implementation("eager") if hasattr(auto, "set_attn_implementation") else None
         self.path = Path(tempfile.mkdtemp()) / "model.onnx"
         ids = torch.ones(2, 8, dtype=torch.long)
         inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
@@ -139,6 +141,7 @@ class OnnxRuntime:
         so = ort.SessionOptions()
         so.intra_op_num_threads, so.inter_op_num_threads = THREADS, 1
         self.session = ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
+        self.reference = minibert_model  # to check the export before timing it
 
     def encode(self, texts):
         order = np.argsort([-len(t) for t in texts], kind="stable")
@@ -166,8 +169,12 @@ class OnnxRuntime:
 # ------------------------------------------------------------------ measurements
 
 
-def throughput(engine, texts, repeats):
-    engine.encode(texts[:64])  # warm-up
+def throughput(engine, texts, repeats, reference=None):
+    warm = engine.encode(texts[:64])  # warm-up, and a correctness check: a fast wrong answer is no result
+    if reference is not None:
+        err = float(np.abs(warm - reference).max() / np.abs(reference).max())
+        if err > 1e-4:
+            raise RuntimeError(f"{engine.name} disagrees with minibert by {err:.2e} (relative): not timed")
     times = [_timed(lambda: engine.encode(texts)) for _ in range(repeats)]
     return statistics.median(times)
 
@@ -210,8 +217,9 @@ def bench_model(label, model_dir, texts, repeats, query):
     except Exception as e:  # report, do not hide: the table says ONNX Runtime is missing and why
         print(f"  onnxruntime unavailable: {type(e).__name__}: {e}", file=sys.stderr)
     rows = {}
+    reference = mb.encode(texts[:64])
     for eng in engines:
-        secs = throughput(eng, texts, repeats)
+        secs = throughput(eng, texts, repeats, reference)
         rows[eng.name] = {"seconds": secs, "tokens_per_s": n_tok / secs, "texts_per_s": len(texts) / secs,
                           "gflops": flops / secs / 1e9, "query_latency_ms": 1000 * latency(eng, query)}
         print(f"  {eng.name:<22} {n_tok / secs:9.0f} tokens/s", file=sys.stderr)
@@ -247,7 +255,7 @@ def print_table(result, gflops):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="+", default=["distilbert", "minilm"], choices=["distilbert", "minilm"])
-    ap.add_argument("--texts", type=int, default=2000)
+    ap.add_argument("--texts", type=int, default=1000)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", dest="json_out")
     args = ap.parse_args()
