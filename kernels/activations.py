@@ -135,7 +135,7 @@ def bias_act(h, bias, activation):  # [N, F] (in place), [F], int code -> [N, F]
     return _bias_act(h, bias, activation, h.dtype == np.float64)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _bias_act(h, bias, activation, exact):  # [N, F], [F], int, bool -> [N, F]
     n, f = h.shape
     for i in range(n):

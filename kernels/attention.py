@@ -80,7 +80,9 @@ def exp_nonpositive(x):  # float64 x <= 0 -> exp(x), relative error < 1e-10; bra
     return p
 
 
-@njit(cache=True, error_model="numpy")
+# reassoc lets LLVM vectorise the max and sum reductions (their order then differs from a plain
+# loop's, by less than an fp32 rounding of the result); no nnan/ninf flags: -inf is used.
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "contract"})
 def softmax_rows(scores, scale, exact):  # [R, T] (in place), float, bool -> [R, T]
     """Each row r <- softmax(scale * r), computed in float64 and rounded once."""
     n, t = scores.shape

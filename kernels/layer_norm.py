@@ -30,7 +30,7 @@ def residual_layer_norm_ref(x, bias, residual, gamma, beta, eps):  # [N, D], [D]
 # ---------------------------------------------------------------- Numba kernel
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def residual_layer_norm(x, bias, residual, gamma, beta, eps, out):  # [N, D], [D], [N, D], [D], [D], f, [N, D] -> [N, D]
     """out <- LN(x + bias + residual). ``out`` may be ``x`` or ``residual`` (row i is read before written)."""
     n, d = x.shape

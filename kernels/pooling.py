@@ -46,7 +46,7 @@ def pool_ref(tokens, mask, mode):  # [B, T, D], [B, T], str -> [B, D]
 # ---------------------------------------------------------------- Numba kernel
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _pool_packed(tokens, offsets, code, out):  # [N, D], [B + 1], int, [B, D] -> [B, D]
     d = tokens.shape[1]
     for b in range(offsets.shape[0] - 1):

@@ -36,15 +36,15 @@ def embed(ids, offsets, w, cfg):  # [N], [B + 1] -> [N, D]
 
 
 def self_attention(x, offsets, lw, cfg):  # [N, D], [B + 1] -> [N, D] (before the output bias)
-    qkv = x @ lw.qkv_w.T  # [N, 3D]: Q | K | V in one matmul
+    qkv = x @ lw.qkv_w  # [N, 3D]: Q | K | V in one matmul
     qkv += lw.qkv_b
     ctx = attention_packed(qkv, offsets, cfg.n_heads, np.empty_like(x))  # [N, D], heads side by side
-    return ctx @ lw.attn_out_w.T
+    return ctx @ lw.attn_out_w
 
 
 def feed_forward(x, lw, cfg):  # [N, D] -> [N, D] (before the output bias)
-    h = bias_act(x @ lw.ffn_in_w.T, lw.ffn_in_b, ACTIVATIONS[cfg.activation])  # [N, F]
-    return h @ lw.ffn_out_w.T
+    h = bias_act(x @ lw.ffn_in_w, lw.ffn_in_b, ACTIVATIONS[cfg.activation])  # [N, F]
+    return h @ lw.ffn_out_w
 
 
 def encoder_block(x, offsets, lw, cfg):  # [N, D], [B + 1] -> [N, D]
@@ -75,11 +75,11 @@ def encode_reference(ids, mask, w, cfg):  # [B, T], [B, T] -> list of L + 1 arra
     states = [x]
     split_heads = lambda a: a.reshape(B, T, H, Dh).transpose(0, 2, 1, 3)  # [B, T, D] -> [B, H, T, Dh]
     for lw in w.layers:
-        q, k, v = np.split(x @ lw.qkv_w.T + lw.qkv_b, 3, axis=-1)  # 3 x [B, T, D]
+        q, k, v = np.split(x @ lw.qkv_w + lw.qkv_b, 3, axis=-1)  # 3 x [B, T, D]
         ctx = attention_ref(split_heads(q), split_heads(k), split_heads(v), mask)  # [B, H, T, Dh]
         ctx = ctx.transpose(0, 2, 1, 3).reshape(B, T, D)
-        x = layer_norm_ref(x + ctx @ lw.attn_out_w.T + lw.attn_out_b, lw.attn_ln_g, lw.attn_ln_b, eps)
-        h = bias_act_ref(x @ lw.ffn_in_w.T, lw.ffn_in_b, cfg.activation)  # [B, T, F]
-        x = layer_norm_ref(x + h @ lw.ffn_out_w.T + lw.ffn_out_b, lw.ffn_ln_g, lw.ffn_ln_b, eps)
+        x = layer_norm_ref(x + ctx @ lw.attn_out_w + lw.attn_out_b, lw.attn_ln_g, lw.attn_ln_b, eps)
+        h = bias_act_ref(x @ lw.ffn_in_w, lw.ffn_in_b, cfg.activation)  # [B, T, F]
+        x = layer_norm_ref(x + h @ lw.ffn_out_w + lw.ffn_out_b, lw.ffn_ln_g, lw.ffn_ln_b, eps)
         states.append(x)
     return states

@@ -6,6 +6,7 @@ Texts are sorted by length and cut into batches of ``batch_size``; each batch ru
 tokens in one [N, D] matrix, no padding), so a text's embedding does not depend on its neighbours.
 """
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import numpy as np
 
 from minibert.kernels import pool
 
-from . import util
+from . import threads, util
 from .config import load_config
 from .encoder import encode_packed
 from .errors import CheckpointError, MinibertError
@@ -145,21 +146,33 @@ class SentenceEncoder:
             from tqdm.auto import tqdm
 
             starts = tqdm(starts, desc="Batches", unit="batch")
-        for start in starts:
-            idx = order[start:start + batch_size]
-            h, offsets = self._run([ids[i] for i in idx])
-            bad = np.flatnonzero(~np.isfinite(h).all(axis=1))
-            if bad.size:  # NaN/inf weights (or an fp16 overflow) must never become a silent embedding
-                text = idx[int(np.searchsorted(offsets, bad[0], side="right")) - 1]
-                raise MinibertError(
-                    f"the encoder output for text {text} is not finite (NaN or inf): the weights in "
-                    f"{self.path} hold non-finite values or overflow in {self.dtype.name}")
-            if tokens:
-                for b, i in enumerate(idx):
-                    results[i] = h[offsets[b]:offsets[b + 1]].copy()
+        workers = threads.n_workers() if len(ids) > 1 else 1
+        with contextlib.ExitStack() as stack:
+            if workers > 1 and stack.enter_context(threads.single_threaded_blas()):
+                # Each worker runs its share of a batch: texts dealt out in turn, so the shares have
+                # about as many tokens. Results do not depend on the split (no padding anywhere).
+                def run_share(share):
+                    return share, self._run([ids[i] for i in share])
+                run_batch = lambda idx: threads.pool().map(run_share, [idx[w::workers] for w in range(min(workers, len(idx)))])
             else:
-                results[idx] = self.pool(h, offsets, normalize_embeddings)
+                run_batch = lambda idx: [(idx, self._run([ids[i] for i in idx]))]
+            for start in starts:
+                for idx, (h, offsets) in run_batch(order[start:start + batch_size]):
+                    self._collect(idx, h, offsets, results, tokens, normalize_embeddings)
         return results[0] if single else results
+
+    def _collect(self, idx, h, offsets, results, tokens, normalize_embeddings):  # packed outputs -> per text
+        bad = np.flatnonzero(~np.isfinite(h).all(axis=1))
+        if bad.size:  # NaN/inf weights (or an fp16 overflow) must never become a silent embedding
+            text = idx[int(np.searchsorted(offsets, bad[0], side="right")) - 1]
+            raise MinibertError(
+                f"the encoder output for text {text} is not finite (NaN or inf): the weights in "
+                f"{self.path} hold non-finite values or overflow in {self.dtype.name}")
+        if tokens:
+            for b, i in enumerate(idx):
+                results[i] = h[offsets[b]:offsets[b + 1]].copy()
+        else:
+            results[idx] = self.pool(h, offsets, normalize_embeddings)
 
     def pool(self, h, offsets, normalize_embeddings=False):  # [N, D], [B + 1] -> [B, dim]
         pooled = np.concatenate([pool(h, offsets, mode) for mode in self.pooling_modes], axis=1)

@@ -243,3 +243,19 @@ def test_semantic_search_matches_brute_force(chunks):
     assert dots[0][0]["corpus_id"] == int(np.argmax(util.dot_score(q, c)[0]))
     with pytest.raises(ValueError, match="top_k"):
         util.semantic_search(q, c, top_k=0)
+
+
+def test_worker_threads_equal_one_thread(model, monkeypatch):
+    from minibert import threads
+    texts = ["short", "a much longer sentence about many different things " * 4, "mid length", "", "x y z"] * 5
+    many = model.encode(texts, batch_size=8)
+    monkeypatch.setenv("MINIBERT_NUM_THREADS", "1")
+    one = model.encode(texts, batch_size=8)
+    assert rel_err(many, one) < 1e-6
+    controls = threads.blas_controls()
+    assert controls is not None, "NumPy's OpenBLAS was not found: minibert would run on one core"
+    set_fn, get_fn = controls
+    before = get_fn()
+    monkeypatch.delenv("MINIBERT_NUM_THREADS")
+    model.encode(texts)
+    assert get_fn() == before  # BLAS's thread count is restored after encode

@@ -1,0 +1,91 @@
+"""Using both cores without BLAS and Numba fighting over them.
+
+A forward pass alternates BLAS matmuls with Numba kernels (GELU, layer norm, softmax). With a
+multi-threaded BLAS, OpenBLAS's worker threads keep spinning on the other core between calls, so
+a Numba kernel gets one core at best, and a parallel Numba kernel fights the spinners (measured:
+4x slower layer norms, 3x slower end to end). Instead, for a batch of several texts minibert
+splits the texts between worker threads, each running the whole forward pass on its share with a
+single-threaded BLAS; Numba kernels release the GIL (``nogil=True``), NumPy's matmuls too.
+Measured on 2 cores: +47% tokens/s on all-MiniLM-L6-v2, +20% on DistilBERT-base. One short text
+runs on the calling thread with BLAS's own threads, which is faster for a single query.
+
+Only NumPy's bundled OpenBLAS is recognised (found among the loaded libraries); with any other
+BLAS, minibert runs every batch on the calling thread and lets that BLAS thread as it likes.
+"""
+
+import contextlib
+import ctypes
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+_SYMBOLS = [("scipy_openblas_set_num_threads64_", "scipy_openblas_get_num_threads64_"),
+            ("openblas_set_num_threads64_", "openblas_get_num_threads64_"),
+            ("openblas_set_num_threads", "openblas_get_num_threads")]
+_lock = threading.Lock()
+_pool = None
+_blas = None
+
+
+def cores():  # the cores this process may run on
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def n_workers():  # MINIBERT_NUM_THREADS, else one worker per core
+    value = os.environ.get("MINIBERT_NUM_THREADS", "")
+    return max(1, int(value)) if value.isdigit() else cores()
+
+
+def _find_openblas():  # -> (set_num_threads, get_num_threads) or None
+    import numpy  # noqa: F401  (loads NumPy's BLAS, so that it shows in the process's maps)
+
+    try:
+        with open("/proc/self/maps") as f:
+            paths = sorted({line.split()[-1] for line in f if "openblas" in line.lower() and "/" in line})
+    except OSError:
+        return None
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for set_name, get_name in _SYMBOLS:
+            if hasattr(lib, set_name) and hasattr(lib, get_name):
+                set_fn, get_fn = getattr(lib, set_name), getattr(lib, get_name)
+                set_fn.argtypes, set_fn.restype, get_fn.restype = [ctypes.c_int], None, ctypes.c_int
+                return set_fn, get_fn
+    return None
+
+
+def blas_controls():
+    global _blas
+    if _blas is None:
+        _blas = _find_openblas() or False
+    return _blas or None
+
+
+@contextlib.contextmanager
+def single_threaded_blas():  # yields True when BLAS is single-threaded inside the block
+    controls = blas_controls()
+    if controls is None:
+        yield False
+        return
+    set_fn, get_fn = controls
+    with _lock:
+        before = get_fn()
+        set_fn(1)
+    try:
+        yield True
+    finally:
+        with _lock:
+            set_fn(before)
+
+
+def pool():
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(n_workers(), thread_name_prefix="minibert")
+    return _pool
