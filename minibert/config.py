@@ -1,10 +1,9 @@
 """The encoder's hyper-parameters, read from a transformers ``config.json``."""
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CheckpointError, UnsupportedModelError
+from .errors import CheckpointError, UnsupportedModelError, read_json
 
 # config names for the feed-forward activation -> the form minibert computes
 _ACTIVATIONS = {
@@ -104,10 +103,4 @@ def load_config(path):  # Path to config.json -> EncoderConfig
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: not found (a transformers checkpoint needs config.json)")
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(cfg, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, got {type(cfg).__name__}")
-    return config_from_dict(cfg, path)
+    return config_from_dict(read_json(path), path)

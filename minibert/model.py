@@ -17,7 +17,7 @@ from minibert.kernels import pool
 from . import threads, util
 from .config import load_config
 from .encoder import encode_packed
-from .errors import CheckpointError, MinibertError
+from .errors import CheckpointError, MinibertError, read_json
 from .pipeline import read_pipeline
 from .sources import DEFAULT_MODEL, resolve
 from .tokenizer import WordPieceTokenizer
@@ -195,13 +195,7 @@ def _compute_dtype(dtype):  # "float32" | np.float32 | ... -> np.dtype, or a cle
 
 
 def _tokenizer_max_length(model_dir):  # tokenizer_config.json's model_max_length, when sane
-    import json
-
-    path = Path(model_dir) / "tokenizer_config.json"
-    try:
-        value = json.loads(path.read_text(encoding="utf-8")).get("model_max_length")
-    except (OSError, ValueError, AttributeError):
-        return None
+    value = (read_json(Path(model_dir) / "tokenizer_config.json", required=False) or {}).get("model_max_length")
     return int(value) if isinstance(value, (int, float)) and 2 <= value < 1e6 else None
 
 

@@ -8,13 +8,12 @@ without ``modules.json`` is a plain transformers checkpoint, which sentence-tran
 with mean pooling, and so do we.
 """
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from minibert.kernels import POOLING_MODES
 
-from .errors import CheckpointError, UnsupportedModelError
+from .errors import CheckpointError, UnsupportedModelError, read_json
 
 SIMILARITY_FUNCTIONS = ("cosine", "dot", "euclidean", "manhattan")
 _LEGACY_POOLING_KEYS = {  # in sentence-transformers' concatenation order
@@ -37,17 +36,6 @@ class Pipeline:
     normalize: bool  # a Normalize module follows pooling (unit-length embeddings)
     similarity_fn_name: str  # "cosine", "dot", "euclidean" or "manhattan"
     pooling_dim: int | None = None  # the token width 1_Pooling/config.json expects (checked against D)
-
-
-def _read_json(path, required=True):  # Path -> dict | list | None
-    if not path.is_file():
-        if required:
-            raise CheckpointError(f"{path}: not found")
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
 
 
 def _module_kind(type_name):  # "sentence_transformers.models.Pooling" -> "Pooling"
@@ -75,7 +63,7 @@ def pooling_modes_from_config(cfg, path):  # dict -> tuple of modes (sentence-tr
 
 def read_pipeline(model_dir):  # Path -> Pipeline
     model_dir = Path(model_dir)
-    st_cfg = _read_json(model_dir / "config_sentence_transformers.json", required=False) or {}
+    st_cfg = read_json(model_dir / "config_sentence_transformers.json", required=False) or {}
     sim = st_cfg.get("similarity_fn_name") or "cosine"
     if sim == "dot_product":
         sim = "dot"
@@ -84,7 +72,7 @@ def read_pipeline(model_dir):  # Path -> Pipeline
             f"{model_dir / 'config_sentence_transformers.json'}: unknown similarity_fn_name {sim!r}; "
             f"known: {', '.join(SIMILARITY_FUNCTIONS)}"
         )
-    modules = _read_json(model_dir / "modules.json", required=False)
+    modules = read_json(model_dir / "modules.json", required=False, what="a list")
     if modules is None:  # a plain transformers checkpoint
         return Pipeline(model_dir, None, False, ("mean",), False, sim)
     if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
@@ -102,12 +90,12 @@ def read_pipeline(model_dir):  # Path -> Pipeline
             f"{model_dir / 'modules.json'}: module order {kinds} is not supported; expected Transformer, Pooling[, Normalize]"
         )
     transformer_dir = model_dir / modules[0].get("path", "")
-    sbert = _read_json(transformer_dir / "sentence_bert_config.json", required=False)
+    sbert = read_json(transformer_dir / "sentence_bert_config.json", required=False)
     if sbert is None and transformer_dir != model_dir:
-        sbert = _read_json(model_dir / "sentence_bert_config.json", required=False)
+        sbert = read_json(model_dir / "sentence_bert_config.json", required=False)
     sbert = sbert or {}
     pool_path = model_dir / modules[1].get("path", "1_Pooling") / "config.json"
-    pool_cfg = _read_json(pool_path)
+    pool_cfg = read_json(pool_path)
     max_len = sbert.get("max_seq_length")
     if max_len is not None and (not isinstance(max_len, int) or max_len < 2):
         raise CheckpointError(f"sentence_bert_config.json: max_seq_length must be an integer >= 2, got {max_len!r}")

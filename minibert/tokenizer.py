@@ -6,26 +6,13 @@ truncation a ``tokenizer.json`` has baked in is switched off (all-MiniLM-L6-v2's
 128!) and replaced by right truncation at the model's ``max_seq_length``, [CLS] and [SEP] included.
 """
 
-import json
 from pathlib import Path
 
 import numpy as np
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
 
-from .errors import CheckpointError
-
-
-def _read_json(path):  # Path -> dict ({} when the file does not exist)
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    return data
+from .errors import CheckpointError, read_json
 
 
 def _token_str(value, default):  # tokenizer_config stores special tokens as str or {"content": str}
@@ -79,7 +66,7 @@ class WordPieceTokenizer:
             except Exception as e:  # tokenizers raises a bare Exception on a bad file
                 raise CheckpointError(f"{tok_json}: cannot be read by tokenizers ({e})") from None
         elif vocab_txt.is_file():
-            tok = _wordpiece_from_vocab(vocab_txt, _read_json(model_dir / "tokenizer_config.json"))
+            tok = _wordpiece_from_vocab(vocab_txt, read_json(model_dir / "tokenizer_config.json", required=False) or {})
         else:
             raise CheckpointError(f"{model_dir}: no tokenizer (expected tokenizer.json or vocab.txt)")
         tok.no_padding()
