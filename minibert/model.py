@@ -6,7 +6,6 @@ Texts are sorted by length and cut into batches of ``batch_size``; each batch ru
 tokens in one [N, D] matrix, no padding), so a text's embedding does not depend on its neighbours.
 """
 
-import contextlib
 import os
 from pathlib import Path
 
@@ -146,19 +145,15 @@ class SentenceEncoder:
             from tqdm.auto import tqdm
 
             starts = tqdm(starts, desc="Batches", unit="batch")
-        workers = threads.n_workers() if len(ids) > 1 else 1
-        with contextlib.ExitStack() as stack:
-            if workers > 1 and stack.enter_context(threads.single_threaded_blas()):
-                # Each worker runs its share of a batch: texts dealt out in turn, so the shares have
-                # about as many tokens. Results do not depend on the split (no padding anywhere).
-                def run_share(share):
-                    return share, self._run([ids[i] for i in share])
-                run_batch = lambda idx: threads.pool().map(run_share, [idx[w::workers] for w in range(min(workers, len(idx)))])
-            else:
-                run_batch = lambda idx: [(idx, self._run([ids[i] for i in idx]))]
+        with threads.workers_for(len(ids)) as workers:
             for start in starts:
-                for idx, (h, offsets) in run_batch(order[start:start + batch_size]):
-                    self._collect(idx, h, offsets, results, tokens, normalize_embeddings)
+                idx = order[start:start + batch_size]
+                # Texts dealt out in turn, so the shares have about as many tokens. Nothing is
+                # padded, so a text's result does not depend on which share it lands in.
+                shares = [idx[w::workers] for w in range(min(workers, len(idx)))]
+                outputs = threads.map_shares(lambda share: self._run([ids[i] for i in share]), shares)
+                for share, (h, offsets) in zip(shares, outputs):
+                    self._collect(share, h, offsets, results, tokens, normalize_embeddings)
         return results[0] if single else results
 
     def _collect(self, idx, h, offsets, results, tokens, normalize_embeddings):  # packed outputs -> per text

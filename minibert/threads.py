@@ -84,8 +84,20 @@ def single_threaded_blas():  # yields True when BLAS is single-threaded inside t
             set_fn(before)
 
 
-def pool():
+@contextlib.contextmanager
+def workers_for(n_texts):  # yields how many workers may share the batches of this call
+    workers = n_workers() if n_texts > 1 else 1
+    if workers == 1:
+        yield 1
+        return
+    with single_threaded_blas() as ok:
+        yield workers if ok else 1
+
+
+def map_shares(fn, shares):  # [fn(share) for share in shares], on the worker threads when several
     global _pool
+    if len(shares) <= 1:
+        return [fn(share) for share in shares]
     if _pool is None:
         _pool = ThreadPoolExecutor(n_workers(), thread_name_prefix="minibert")
-    return _pool
+    return list(_pool.map(fn, shares))
