@@ -74,3 +74,14 @@ def test_minilm_published_similarities(minilm_dir):
     sims = model.similarity(emb[:1], emb[1:])[0]
     assert sims == pytest.approx([0.6660, 0.1046], abs=6e-5)
     assert np.linalg.norm(emb, axis=1) == pytest.approx(1.0, abs=1e-6)  # the Normalize module
+
+
+def test_batch_invariance_on_real_weights(minilm_dir, references):
+    # A text's embedding may not depend on its batch-mates beyond 1e-6 relative (issue: batch invariance).
+    _, meta = references
+    model = minibert.load(minilm_dir)
+    texts = meta["texts"]
+    alone = np.stack([model.encode(t) for t in texts])
+    for batch_size in (1, 3, 7, 32):
+        assert rel_err(model.encode(texts, batch_size=batch_size), alone) < 1e-6
+    assert rel_err(model.encode(texts[::-1])[::-1], alone) < 1e-6
