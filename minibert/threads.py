@@ -25,6 +25,8 @@ _SYMBOLS = [("scipy_openblas_set_num_threads64_", "scipy_openblas_get_num_thread
 _lock = threading.Lock()
 _pool = None
 _blas = None
+_single_users = 0  # encode calls inside single_threaded_blas() right now (they may overlap)
+_saved_threads = None  # BLAS's thread count before the first of them entered
 
 
 def cores():  # the cores this process may run on
@@ -73,15 +75,20 @@ def single_threaded_blas():  # yields True when BLAS is single-threaded inside t
     if controls is None:
         yield False
         return
+    global _single_users, _saved_threads
     set_fn, get_fn = controls
-    with _lock:
-        before = get_fn()
-        set_fn(1)
+    with _lock:  # counted, so that overlapping calls from several threads restore the count once, last
+        if _single_users == 0:
+            _saved_threads = get_fn()
+            set_fn(1)
+        _single_users += 1
     try:
         yield True
     finally:
         with _lock:
-            set_fn(before)
+            _single_users -= 1
+            if _single_users == 0:
+                set_fn(_saved_threads)
 
 
 @contextlib.contextmanager

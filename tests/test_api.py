@@ -259,3 +259,17 @@ def test_worker_threads_equal_one_thread(model, monkeypatch):
     monkeypatch.delenv("MINIBERT_NUM_THREADS")
     model.encode(texts)
     assert get_fn() == before  # BLAS's thread count is restored after encode
+
+
+def test_overlapping_encodes_restore_blas_threads(model):
+    from concurrent.futures import ThreadPoolExecutor
+    from minibert import threads
+    set_fn, get_fn = threads.blas_controls()
+    before = get_fn()
+    texts = ["some text here", "another one", "a third", "and a fourth text"] * 10
+    want = model.encode(texts, batch_size=4)
+    with ThreadPoolExecutor(4) as ex:
+        results = list(ex.map(lambda _: model.encode(texts, batch_size=4), range(8)))
+    for r in results:
+        assert rel_err(r, want) < 1e-6
+    assert get_fn() == before
