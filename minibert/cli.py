@@ -76,6 +76,14 @@ def write_atomically(path, write):  # write(tmp_path) then rename: an interrupte
             tmp.unlink()
 
 
+def check_output_path(path):  # before any work: a wrong name should not cost a model load
+    path = Path(path)
+    if path.suffix not in (".npy", ".jsonl"):
+        raise CliError(f"--output {path}: use a .npy or .jsonl file name")
+    if not path.resolve().parent.is_dir():
+        raise CliError(f"--output {path}: directory {path.resolve().parent} does not exist")
+
+
 def save_embeddings(path, texts, emb):
     import numpy as np
 
@@ -89,10 +97,8 @@ def save_embeddings(path, texts, emb):
             with open(tmp, "w", encoding="utf-8") as f:
                 for t, e in zip(texts, emb):
                     f.write(json.dumps({"text": t, "embedding": [float(x) for x in e]}, ensure_ascii=False) + "\n")
-    else:
+    else:  # check_output_path() has already refused anything else
         raise CliError(f"--output {path}: use a .npy or .jsonl file name")
-    if not path.parent.is_dir():
-        raise CliError(f"--output {path}: directory {path.parent} does not exist")
     write_atomically(path, write)
 
 
@@ -128,11 +134,8 @@ def cmd_embed(args):
         texts = sys.stdin.read().splitlines()
     if args.field and not args.input:
         raise CliError("--field needs --input FILE.jsonl")
-    if args.output:  # fail on a bad output name before spending time on the model
-        if Path(args.output).suffix not in (".npy", ".jsonl"):
-            raise CliError(f"--output {args.output}: use a .npy or .jsonl file name")
-        if not Path(args.output).resolve().parent.is_dir():
-            raise CliError(f"--output {args.output}: directory {Path(args.output).resolve().parent} does not exist")
+    if args.output:
+        check_output_path(args.output)
     model = load_model(args)
     emb = model.encode(texts, batch_size=args.batch_size, normalize_embeddings=args.normalize,
                        show_progress_bar=show_progress(args, len(texts), args.batch_size))

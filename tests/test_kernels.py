@@ -149,3 +149,14 @@ def test_exp_nonpositive():
     got = np.array([exp_nonpositive(v) for v in x[::50]])
     want = np.exp(x[::50])
     assert (np.abs(got - want) <= 1e-10 * want + 1e-34).all()
+
+
+def test_erf_constants_are_the_documented_fit():
+    # The erf coefficients in activations.py are what fit_erf() computes; and erf_fast is exact to 2e-10.
+    import math
+    from minibert.kernels.activations import ERF_LARGE, ERF_SMALL, erf_fast, fit_erf
+    small, large = fit_erf()
+    np.testing.assert_allclose(small, ERF_SMALL, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(large, ERF_LARGE, rtol=0, atol=1e-12)
+    z = np.linspace(-7, 7, 20001)
+    assert max(abs(erf_fast(v) - math.erf(v)) for v in z) < 2e-10
