@@ -158,10 +158,12 @@ class _TensorFinder:
         self.prefixes = ("", model_prefix)
 
     def get_transposed(self, names, shape):  # [out_i, in] tensors -> one contiguous [in, sum out_i] copy
-        out = np.concatenate([self.get(n, (rows, shape[1])) for n, rows in zip(names, shape[0])]).T
-        out = np.ascontiguousarray(out)
-        for n in names:  # the file's pages were only needed for the copy
-            self.stored(n).release()
+        out = np.empty((shape[1], sum(shape[0])), dtype=self.dtype)
+        col = 0
+        for n, rows in zip(names, shape[0]):  # one copy per tensor, straight into its columns
+            out[:, col:col + rows] = self.get(n, (rows, shape[1])).T
+            col += rows
+            self.stored(n).release()  # the file's pages were only needed for the copy
         return out
 
     def stored(self, name):
