@@ -10,9 +10,11 @@ L layers. ``offsets`` [B + 1] marks where each text starts in the packed [N, D] 
 
 DistilBERT is the same computation with different tensor names, no token-type table and
 (usually) 6 layers. Dense layers are single NumPy matmuls over all N tokens of a batch (BLAS does
-the heavy lifting); the per-token work between them runs in the Numba kernels. Two forward passes
-live here: ``encode_packed`` (the fast one, what minibert runs) and ``encode_reference`` (padded
-NumPy twins, the textbook form), which the tests hold against each other.
+the heavy lifting), except for a handful of tokens (one short query), where a Numba kernel that
+streams the weights once is faster; the per-token work between them runs in the Numba kernels.
+Two forward passes live here: ``encode_packed`` (the fast one, what minibert runs) and
+``encode_reference`` (padded NumPy twins, the textbook form), which the tests hold against each
+other.
 """
 
 import numpy as np
@@ -21,6 +23,14 @@ from minibert.kernels import (
     attention_packed, attention_ref, bias_act, bias_act_ref, layer_norm_ref, residual_layer_norm,
 )
 from minibert.kernels.activations import ACTIVATIONS
+from minibert.kernels.matmul import matmul_rows, matmul_rows_split
+
+# One text of up to this many tokens, alone in its call (a query), has its dense layers done by the
+# streaming Numba kernel instead of BLAS: at 10 rows it is 1.6-2.2x faster on 2 cores, at ~20 they
+# tie, at 32 BLAS wins (kernels/matmul.py; benchmarks/NOTES.md section 9). Batches always use
+# BLAS, whose result for a row does not depend on the other rows, so a text's embedding is the same
+# in every batch; alone, it differs from that by fp32 rounding only (a different summation order).
+SMALL_ROWS = 16
 
 
 def positions_of(offsets):  # [B + 1] -> [N]: each token's index within its own text
@@ -35,30 +45,40 @@ def embed(ids, offsets, w, cfg):  # [N], [B + 1] -> [N, D]
                                w.emb_ln_g, w.emb_ln_b, cfg.layer_norm_eps, out)
 
 
-def self_attention(x, offsets, lw, cfg):  # [N, D], [B + 1] -> [N, D] (before the output bias)
-    qkv = x @ lw.qkv_w  # [N, 3D]: Q | K | V in one matmul
+def matmul(x, w, query_threads):  # [N, in], [in, out], int -> [N, out]
+    """x @ w: BLAS for a batch (query_threads=0); for one short text the streaming kernel."""
+    if query_threads == 0:
+        return x @ w
+    return matmul_rows_split(x, w) if query_threads > 1 else matmul_rows(x, w)  # the same result either way
+
+
+def self_attention(x, offsets, lw, cfg, query_threads):  # [N, D], [B + 1] -> [N, D] (before the output bias)
+    qkv = matmul(x, lw.qkv_w, query_threads)  # [N, 3D]: Q | K | V in one matmul
     qkv += lw.qkv_b
     ctx = attention_packed(qkv, offsets, cfg.n_heads, np.empty_like(x))  # [N, D], heads side by side
-    return ctx @ lw.attn_out_w
+    return matmul(ctx, lw.attn_out_w, query_threads)
 
 
-def feed_forward(x, lw, cfg):  # [N, D] -> [N, D] (before the output bias)
-    h = bias_act(x @ lw.ffn_in_w, lw.ffn_in_b, ACTIVATIONS[cfg.activation])  # [N, F]
-    return h @ lw.ffn_out_w
+def feed_forward(x, lw, cfg, query_threads):  # [N, D] -> [N, D] (before the output bias)
+    h = bias_act(matmul(x, lw.ffn_in_w, query_threads), lw.ffn_in_b, ACTIVATIONS[cfg.activation])  # [N, F]
+    return matmul(h, lw.ffn_out_w, query_threads)
 
 
-def encoder_block(x, offsets, lw, cfg):  # [N, D], [B + 1] -> [N, D]
+def encoder_block(x, offsets, lw, cfg, query_threads):  # [N, D], [B + 1] -> [N, D]
     eps = cfg.layer_norm_eps
-    x = residual_layer_norm(self_attention(x, offsets, lw, cfg), lw.attn_out_b, x, lw.attn_ln_g, lw.attn_ln_b, eps, x)
-    x = residual_layer_norm(feed_forward(x, lw, cfg), lw.ffn_out_b, x, lw.ffn_ln_g, lw.ffn_ln_b, eps, x)
+    a = self_attention(x, offsets, lw, cfg, query_threads)
+    x = residual_layer_norm(a, lw.attn_out_b, x, lw.attn_ln_g, lw.attn_ln_b, eps, x)
+    f = feed_forward(x, lw, cfg, query_threads)
+    x = residual_layer_norm(f, lw.ffn_out_b, x, lw.ffn_ln_g, lw.ffn_ln_b, eps, x)
     return x
 
 
-def encode_packed(ids, offsets, w, cfg, all_layers=False):  # [N], [B + 1] -> [N, D] (or L + 1 of them)
+def encode_packed(ids, offsets, w, cfg, all_layers=False, query_threads=0):  # [N], [B + 1] -> [N, D] (or L + 1 of them)
+    """``query_threads``: 0 for a batch (BLAS); for one short text, the threads its matmuls split over."""
     x = embed(ids, offsets, w, cfg)
     states = [x.copy()] if all_layers else None
     for lw in w.layers:
-        x = encoder_block(x, offsets, lw, cfg)  # updates x in place
+        x = encoder_block(x, offsets, lw, cfg, query_threads)  # updates x in place
         if all_layers:
             states.append(x.copy())
     return states if all_layers else x

@@ -15,7 +15,7 @@ from minibert.kernels import pool
 
 from . import threads, util
 from .config import load_config
-from .encoder import encode_packed
+from .encoder import SMALL_ROWS, encode_packed
 from .errors import CheckpointError, MinibertError, read_json
 from .pipeline import read_pipeline
 from .sources import DEFAULT_MODEL, resolve
@@ -108,11 +108,11 @@ class SentenceEncoder:
             raise ValueError(f"{where}[{bad[0]}] = {a[bad[0]]} is not a token id (vocabulary has {self.config.vocab_size})")
         return a.astype(np.int64)
 
-    def _run(self, batch_ids, all_layers=False):  # list of [n_i] -> packed [N, D] (or L + 1 of them), [B + 1]
+    def _run(self, batch_ids, all_layers=False, query_threads=0):  # list of [n_i] -> packed [N, D] (or L + 1 of them), [B + 1]
         offsets = np.zeros(len(batch_ids) + 1, dtype=np.int64)
         offsets[1:] = np.cumsum([len(x) for x in batch_ids])
         flat = np.concatenate(batch_ids)
-        return encode_packed(flat, offsets, self.weights, self.config, all_layers=all_layers), offsets
+        return encode_packed(flat, offsets, self.weights, self.config, all_layers, query_threads), offsets
 
     def hidden_states(self, input_ids):  # list of [n_i] id sequences -> list of [L + 1, n_i, D]
         """Every layer's output (embeddings first) for each given token-id sequence, no pooling."""
@@ -121,7 +121,11 @@ class SentenceEncoder:
         seqs = [self._check_ids(x, f"input_ids[{i}]") for i, x in enumerate(input_ids)]
         if not seqs:
             return []
-        states, offsets = self._run(seqs, all_layers=True)
+        if len(seqs) == 1 and len(seqs[0]) <= SMALL_ROWS:  # computed as encode computes a query
+            with threads.plan(1, True) as (_, query_threads):
+                states, offsets = self._run(seqs, all_layers=True, query_threads=query_threads)
+        else:
+            states, offsets = self._run(seqs, all_layers=True)
         stacked = np.stack(states)  # [L + 1, N, D]
         return [stacked[:, offsets[b]:offsets[b + 1]] for b in range(len(seqs))]
 
@@ -145,13 +149,14 @@ class SentenceEncoder:
             from tqdm.auto import tqdm
 
             starts = tqdm(starts, desc="Batches", unit="batch")
-        with threads.workers_for(len(ids)) as workers:
+        short = max(map(len, ids), default=0) <= SMALL_ROWS
+        with threads.plan(len(ids), short) as (workers, query_threads):
             for start in starts:
                 idx = order[start:start + batch_size]
                 # Texts dealt out in turn, so the shares have about as many tokens. Nothing is
                 # padded, so a text's result does not depend on which share it lands in.
                 shares = [idx[w::workers] for w in range(min(workers, len(idx)))]
-                outputs = threads.map_shares(lambda share: self._run([ids[i] for i in share]), shares)
+                outputs = threads.map_shares(lambda share: self._run([ids[i] for i in share], query_threads=query_threads), shares)
                 for share, (h, offsets) in zip(shares, outputs):
                     self._collect(share, h, offsets, results, tokens, normalize_embeddings)
         return results[0] if single else results

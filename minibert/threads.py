@@ -6,8 +6,10 @@ a Numba kernel gets one core at best, and a parallel Numba kernel fights the spi
 4x slower layer norms, 3x slower end to end). Instead, for a batch of several texts minibert
 splits the texts between worker threads, each running the whole forward pass on its share with a
 single-threaded BLAS; Numba kernels release the GIL (``nogil=True``), NumPy's matmuls too.
-Measured on 2 cores: +47% tokens/s on all-MiniLM-L6-v2, +20% on DistilBERT-base. One short text
-runs on the calling thread with BLAS's own threads, which is faster for a single query.
+Measured on 2 cores: +47% tokens/s on all-MiniLM-L6-v2, +20% on DistilBERT-base. One long text
+runs on the calling thread with BLAS's own threads. One short text (a query) has its dense layers
+done by a Numba kernel whose work is split over the cores (kernels/matmul.py); BLAS is held at one
+thread meanwhile, so that its idle workers do not spin against Numba's.
 
 Only NumPy's bundled OpenBLAS is recognised (found among the loaded libraries); with any other
 BLAS, minibert runs every batch on the calling thread and lets that BLAS thread as it likes.
@@ -27,6 +29,9 @@ _pool = None
 _blas = None
 _single_users = 0  # encode calls inside single_threaded_blas() right now (they may overlap)
 _saved_threads = None  # BLAS's thread count before the first of them entered
+# One split matmul at a time: Numba's fallback "workqueue" threading layer aborts the process when
+# two threads launch parallel kernels at once. A second concurrent query runs unsplit instead.
+_split_lock = threading.Lock()
 
 
 def cores():  # the cores this process may run on
@@ -99,6 +104,22 @@ def workers_for(n_texts):  # yields how many workers may share the batches of th
         return
     with single_threaded_blas() as ok:
         yield workers if ok else 1
+
+
+@contextlib.contextmanager
+def plan(n_texts, short):  # yields (workers sharing the texts, threads of one query's matmuls; 0: a batch)
+    """``short``: the texts fit the streaming matmul kernel (encoder.SMALL_ROWS tokens or fewer)."""
+    if n_texts != 1 or not short:
+        with workers_for(n_texts) as workers:
+            yield workers, 0
+    elif n_workers() == 1 or not _split_lock.acquire(blocking=False):
+        yield 1, 1
+    else:
+        try:
+            with single_threaded_blas():
+                yield 1, n_workers()
+        finally:
+            _split_lock.release()
 
 
 def map_shares(fn, shares):  # [fn(share) for share in shares], on the worker threads when several

@@ -7,7 +7,9 @@ What is compared, and how (the same inputs go through every implementation):
               against transformers' AutoModel, both fed transformers' token ids (so a tokenizer
               difference cannot hide or fake an encoder difference), one text at a time.
 * embedding   the pooled (and normalized, if the model does) sentence embedding, minibert against
-              sentence-transformers' encode.
+              sentence-transformers' encode; and minibert's embeddings again, one text per call
+              (the query path: a short text's dense layers run in minibert's own matmul kernel,
+              not BLAS), which must pass the same rule.
 * oracle      transformers in float64 on the same weights: the reference both fp32 implementations
               are measured against, per layer and for the embedding.
 
@@ -110,6 +112,10 @@ def compare(model, texts, ref, progress=lambda msg: None):
                      "closer": ("n/a: in float64, transformers is the oracle" if dtype == "float64" else
                                 "minibert" if o_mb_abs < o_t_abs else "torch" if o_t_abs < o_mb_abs else "tie")}
     embedding["pass"] = o_mb_rel <= oracle_report["allowed_rel"]
+    one = np.stack([model.encode(t) for t in texts]) if texts else emb
+    one_rel = rel_err(one, oracle_emb)[1]
+    embedding["one_at_a_time"] = {"minibert_max_rel": one_rel, "vs_batched_max_rel": rel_err(one, emb)[1],
+                                  "pass": one_rel <= oracle_report["allowed_rel"]}
 
     failures = []
     if mismatches:
@@ -120,6 +126,8 @@ def compare(model, texts, ref, progress=lambda msg: None):
                         f"{bad_layer['oracle_minibert_rel']:.3g} from float64 vs allowed {bad_layer['allowed']:.3g}")
     if not embedding["pass"]:
         failures.append(f"embedding: {o_mb_rel:.3g} from float64 vs allowed {oracle_report['allowed_rel']:.3g}")
+    if not embedding["one_at_a_time"]["pass"]:
+        failures.append(f"embedding, one text per call: {one_rel:.3g} from float64 vs allowed {oracle_report['allowed_rel']:.3g}")
     return {
         "model": ref["model"], "dtype": dtype, "texts": len(texts),
         "n_tokens": int(sum(len(x) for x in ref_ids)),

@@ -14,6 +14,7 @@ from minibert.kernels import (
     residual_layer_norm, residual_layer_norm_ref, unpack,
 )
 from minibert.kernels.activations import ACTIVATIONS
+from minibert.kernels.matmul import matmul_ref, matmul_rows, matmul_rows_split
 
 TOL = {np.float32: 2e-6, np.float64: 1e-12}
 dtypes = st.sampled_from([np.float32, np.float64])
@@ -160,3 +161,42 @@ def test_erf_constants_are_the_documented_fit():
     np.testing.assert_allclose(large, ERF_LARGE, rtol=0, atol=1e-12)
     z = np.linspace(-7, 7, 20001)
     assert max(abs(erf_fast(v) - math.erf(v)) for v in z) < 2e-10
+
+
+# The streaming matmul sums in the array's precision like BLAS, in another order. Tolerance: the
+# classic bound for a K-term dot product, |error| <= K * eps / 2 * (|x| @ |w|) elementwise, always;
+# and where BLAS runs its own sgemm kernels (which also sum each output along K, n and k >= 64),
+# a root-mean-square error against the exact product at most 1.5x BLAS's.
+@settings(max_examples=40, deadline=None)
+@given(m=st.integers(1, 20), k=st.integers(1, 300), n=st.integers(1, 2200), dtype=dtypes, seed=st.integers(0, 2**31))
+def test_matmul_rows_matches_twin(m, k, n, dtype, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((m, k)).astype(dtype)
+    w = rng.standard_normal((k, n)).astype(dtype)
+    wide = np.longdouble  # 64-bit mantissa on x86: exact enough to judge float64 too
+    exact = x.astype(wide) @ w.astype(wide)
+    bound = k * float(np.finfo(dtype).eps) / 2 * (np.abs(x).astype(wide) @ np.abs(w).astype(wide))
+    rms = lambda a: float(np.sqrt(np.mean(np.square(a.astype(wide) - exact))))
+    for fast in (matmul_rows(x, w), matmul_rows_split(x, w)):
+        assert fast.shape == (m, n) and fast.dtype == dtype
+        err = np.abs(fast.astype(wide) - exact)
+        assert (err <= bound).all()
+        if n >= 64 and k >= 64:
+            assert rms(fast) <= 1.5 * rms(matmul_ref(x, w))
+
+
+def test_matmul_split_equals_serial_bit_for_bit():
+    # How many threads computed a result must not change it: the K slices are fixed.
+    rng = np.random.default_rng(3)
+    for m, k, n in [(1, 384, 1152), (10, 1536, 384), (16, 770, 3000), (3, 5, 7)]:
+        x = rng.standard_normal((m, k), dtype=np.float32)
+        w = rng.standard_normal((k, n), dtype=np.float32)
+        np.testing.assert_array_equal(matmul_rows_split(x, w), matmul_rows(x, w))
+
+
+def test_matmul_rows_checks_shapes():
+    # No bounds checks run inside the loops, so a mismatched K must be refused before them.
+    x, w = np.ones((2, 5), np.float32), np.ones((4, 3), np.float32)
+    for fn in (matmul_rows, matmul_rows_split):
+        with pytest.raises(ValueError, match="columns"):
+            fn(x, w)
