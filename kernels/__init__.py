@@ -11,6 +11,7 @@ Shape legend, used in every signature comment:
     D  hidden size
     H  attention heads, Dh = D / H the size of one head
     F  inner size of the feed-forward block
+    M, K  rows and inner size of a matmul x [M, K] @ W [K, N] (matmul.py)
 
 Packed layout: the fast kernels never see padding. A batch is an [N, D] matrix of every text's
 tokens back to back plus ``offsets`` [B + 1] (int64), so text b owns rows offsets[b]:offsets[b+1].
@@ -26,10 +27,12 @@ from .activations import gelu_erf, gelu_erf_ref, gelu_tanh, gelu_tanh_ref, relu,
 from .layer_norm import layer_norm_ref, residual_layer_norm, residual_layer_norm_ref
 from .attention import attention_packed, attention_ref, pack, softmax_ref, softmax_rows, unpack
 from .pooling import POOLING_MODES, pool, pool_ref
+from .matmul import matmul_ref, matmul_rows, matmul_rows_split
 
 __all__ = [
     "gelu_erf", "gelu_erf_ref", "gelu_tanh", "gelu_tanh_ref", "relu", "relu_ref", "bias_act", "bias_act_ref",
     "layer_norm_ref", "residual_layer_norm", "residual_layer_norm_ref",
     "attention_packed", "attention_ref", "pack", "softmax_ref", "softmax_rows", "unpack",
     "POOLING_MODES", "pool", "pool_ref",
+    "matmul_ref", "matmul_rows", "matmul_rows_split",
 ]

@@ -23,13 +23,12 @@ from minibert.kernels import (
     attention_packed, attention_ref, bias_act, bias_act_ref, layer_norm_ref, residual_layer_norm,
 )
 from minibert.kernels.activations import ACTIVATIONS
-from minibert.kernels.matmul import matmul_rows, matmul_rows_split
+from minibert.kernels.matmul import blas_k_blocks, matmul_rows, matmul_rows_split
 
 # One text of up to this many tokens, alone in its call (a query), has its dense layers done by the
 # streaming Numba kernel instead of BLAS: at 10 rows it is 1.6-2.2x faster on 2 cores, at ~20 they
-# tie, at 32 BLAS wins (kernels/matmul.py; benchmarks/NOTES.md section 9). Batches always use
-# BLAS, whose result for a row does not depend on the other rows, so a text's embedding is the same
-# in every batch; alone, it differs from that by fp32 rounding only (a different summation order).
+# tie, at 32 BLAS wins (kernels/matmul.py; benchmarks/NOTES.md section 9). It sums in BLAS's own
+# order, so a text's embedding is the same, bit for bit, alone or in any batch.
 SMALL_ROWS = 16
 
 
@@ -46,10 +45,14 @@ def embed(ids, offsets, w, cfg):  # [N], [B + 1] -> [N, D]
 
 
 def matmul(x, w, query_threads):  # [N, in], [in, out], int -> [N, out]
-    """x @ w: BLAS for a batch (query_threads=0); for one short text the streaming kernel."""
-    if query_threads == 0:
+    """x @ w: BLAS for a batch (query_threads=0); for one short text the streaming kernel, summing
+    in BLAS's order (when that order could be found; else BLAS)."""
+    blocks = blas_k_blocks(w.shape[0], w.shape[1], w.dtype) if query_threads else None
+    if blocks is None:
         return x @ w
-    return matmul_rows_split(x, w) if query_threads > 1 else matmul_rows(x, w)  # the same result either way
+    if query_threads == 1:
+        return matmul_rows(x, w, blocks)
+    return matmul_rows_split(x, w, blocks, query_threads)  # the same bits as on one thread
 
 
 def self_attention(x, offsets, lw, cfg, query_threads):  # [N, D], [B + 1] -> [N, D] (before the output bias)

@@ -273,3 +273,47 @@ def test_overlapping_encodes_restore_blas_threads(model):
     for r in results:
         assert rel_err(r, want) < 1e-6
     assert get_fn() == before
+
+
+def test_batches_are_bit_identical_whatever_the_batching(model):
+    # Calls with two or more texts go through BLAS, whose result for a row does not depend on the
+    # other rows or on the thread count (NumPy's OpenBLAS): every batching gives the same bits.
+    texts = ["short", "a much longer sentence about many different things " * 3, "mid length text here", "", "x y"]
+    want = model.encode(texts)
+    for bs in (1, 2, 3):
+        np.testing.assert_array_equal(model.encode(texts, batch_size=bs), want)
+    np.testing.assert_array_equal(model.encode(texts[::-1])[::-1], want)
+    np.testing.assert_array_equal(np.stack([model.encode([t, "company"])[0] for t in texts]), want)
+
+
+def test_queries_take_the_streaming_kernel_and_agree(model, monkeypatch):
+    # One short text alone runs its dense layers in kernels/matmul.py, not BLAS (split over the
+    # cores unless another query holds them); the answer is the same either way, bit for bit.
+    from minibert import encoder
+    calls = []
+    real = encoder.matmul_rows_split
+    monkeypatch.setattr(encoder, "matmul_rows_split", lambda x, *rest: calls.append(len(x)) or real(x, *rest))
+    query = "how many people live in london"
+    assert len(model.tokenize([query])[0]) <= encoder.SMALL_ROWS
+    alone = model.encode(query)
+    assert calls and max(calls) <= encoder.SMALL_ROWS
+    calls.clear()
+    model.encode([query, "a second text"])
+    assert not calls  # a batch stays with BLAS
+    monkeypatch.setenv("MINIBERT_NUM_THREADS", "1")
+    np.testing.assert_array_equal(model.encode(query), alone)  # on one thread: matmul_rows
+    monkeypatch.delenv("MINIBERT_NUM_THREADS")
+    long_text = "word " * 40
+    model.encode(long_text)
+    assert not calls  # a long text alone stays with BLAS too
+    np.testing.assert_array_equal(model.encode([query, "a second text"])[0], alone)  # BLAS's bits
+
+
+def test_concurrent_queries_agree(model):
+    from concurrent.futures import ThreadPoolExecutor
+    queries = ["what is the capital of france", "how tall is mount everest", "who wrote hamlet", "x"] * 6
+    want = [model.encode(q) for q in queries]
+    with ThreadPoolExecutor(4) as ex:
+        got = list(ex.map(model.encode, queries))
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
