@@ -131,22 +131,29 @@ def row_share(m, t, parts):  # rows of x for share t of parts: even cuts, so row
 
 
 @njit(cache=True, nogil=True, error_model="numpy", parallel=True)
-def matmul_rows_split(x, w, blocks, threads):  # [M, K], [K, N], [n_blocks + 1], int -> [M, N]
-    """The same sums as matmul_rows, dealt to ``threads`` Numba threads: whole K blocks in turn
-    (each thread streams its own parts of W), and the blocks left over when they do not divide
-    evenly shared by rows of x, so that no thread waits for another."""
-    check_blocks(x, w, blocks)
+def blocks_over_threads(x, w, blocks, threads, partial):  # partial [n_blocks, M, N] <- each block's sums
+    # Only the prange loop lives in the parallel function: Numba's parallel compilation is slow
+    # (seconds), and grows with what it has to analyse.
     m = x.shape[0]
     n_blocks = len(blocks) - 1
     whole = n_blocks - n_blocks % threads
-    partial = np.empty((n_blocks, m, w.shape[1]), dtype=x.dtype)
     for t in prange(threads):
         for b in range(t, whole, threads):
             matmul_rows_into(x, w, partial[b], blocks[b], blocks[b + 1], 0, m)
         r0, r1 = row_share(m, t, threads)
         for b in range(whole, n_blocks):
             matmul_rows_into(x, w, partial[b], blocks[b], blocks[b + 1], r0, r1)
-    return add_blocks(partial)
+    return partial
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def matmul_rows_split(x, w, blocks, threads):  # [M, K], [K, N], [n_blocks + 1], int -> [M, N]
+    """The same sums as matmul_rows, dealt to ``threads`` Numba threads: whole K blocks in turn
+    (each thread streams its own parts of W), and the blocks left over when they do not divide
+    evenly shared by rows of x, so that no thread waits for another."""
+    check_blocks(x, w, blocks)
+    partial = np.empty((len(blocks) - 1, x.shape[0], w.shape[1]), dtype=x.dtype)
+    return add_blocks(blocks_over_threads(x, w, blocks, threads, partial))
 
 # ---------------------------------------------------------------- BLAS's summation order
 
