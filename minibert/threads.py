@@ -32,6 +32,20 @@ _saved_threads = None  # BLAS's thread count before the first of them entered
 # One split matmul at a time: Numba's fallback "workqueue" threading layer aborts the process when
 # two threads launch parallel kernels at once. A second concurrent query runs unsplit instead.
 _split_lock = threading.Lock()
+_split_used = False  # this process has run a split query (so Numba's thread pool exists)
+_split_allowed = True  # False in a child forked after that: GNU OpenMP cannot run there
+
+
+def _after_fork_in_child():
+    # A forked child has only the forking thread. Worker threads, locks held by other threads and
+    # GNU OpenMP's pool (Numba's threads) did not come along: submitting to the old pool would wait
+    # forever, and Numba terminates a child that starts an OpenMP region its parent already used.
+    global _pool, _lock, _split_lock, _single_users, _saved_threads, _split_allowed
+    _pool, _lock, _split_lock, _single_users, _saved_threads = None, threading.Lock(), threading.Lock(), 0, None
+    _split_allowed = _split_allowed and not _split_used
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def cores():  # the cores this process may run on
@@ -109,12 +123,14 @@ def workers_for(n_texts):  # yields how many workers may share the batches of th
 @contextlib.contextmanager
 def plan(n_texts, short):  # yields (workers sharing the texts, threads of one query's matmuls; 0: a batch)
     """``short``: the texts fit the streaming matmul kernel (encoder.SMALL_ROWS tokens or fewer)."""
+    global _split_used
     if n_texts != 1 or not short:
         with workers_for(n_texts) as workers:
             yield workers, 0
-    elif n_workers() == 1 or not _split_lock.acquire(blocking=False):
+    elif n_workers() == 1 or not _split_allowed or not _split_lock.acquire(blocking=False):
         yield 1, 1
     else:
+        _split_used = True
         try:
             with single_threaded_blas():
                 yield 1, n_workers()

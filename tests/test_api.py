@@ -317,3 +317,40 @@ def test_concurrent_queries_agree(model):
         got = list(ex.map(model.encode, queries))
     for a, b in zip(got, want):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("first", ["batch", "query"])
+def test_encode_in_a_forked_child(model, first):
+    # multiprocessing's default start method on Linux is fork: a child must be able to encode after
+    # its parent did (the parent's worker threads and OpenMP pool do not exist in the child).
+    import os
+    import pickle
+    import time
+    texts = ["hello there", "a second text", "and a third one"]
+    want_batch, want_query = model.encode(texts), model.encode("hello there")
+    model.encode(texts) if first == "batch" else model.encode("hello there")
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report and leave without running the parent's cleanup
+        try:
+            out = pickle.dumps((model.encode(texts), model.encode("hello there")))
+        except BaseException as e:
+            out = pickle.dumps(repr(e))
+        os.write(write_end, out)
+        os._exit(0)
+    os.close(write_end)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail(f"the forked child hung after the parent's {first}")
+    with os.fdopen(read_end, "rb") as f:
+        got = pickle.loads(f.read())
+    assert status == 0 and not isinstance(got, str), got
+    np.testing.assert_array_equal(got[0], want_batch)
+    np.testing.assert_array_equal(got[1], want_query)
