@@ -37,7 +37,9 @@ def test_bias_act_matches_twin(n, f, act, dtype, seed):
     ref = bias_act_ref(h.astype(np.float64), b.astype(np.float64), act)
     fast = bias_act(h.copy(), b, ACTIVATIONS[act])
     assert fast.dtype == dtype
-    close(fast, ref, dtype)
+    # Scale: the inputs' size. GELU(x) for x < -5 is ~1e-7 from 1 + tanh(z) cancelling, so a lone
+    # such value, judged against itself, magnifies one ulp of tanh into 1e-9.
+    close(fast, ref, dtype, scale=max(np.abs(ref).max(), np.abs(h.astype(np.float64) + b).max()))
 
 
 def test_gelu_forms_differ_where_it_matters():
