@@ -30,7 +30,10 @@ def residual_layer_norm_ref(x, bias, residual, gamma, beta, eps):  # [N, D], [D]
 # ---------------------------------------------------------------- Numba kernel
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+# reassoc lets LLVM vectorise the two float64 sums (their order then differs from a plain loop by
+# ~1e-16 relative, far below the fp32 rounding of the result); contract fuses the multiply-adds.
+# No nnan/ninf: a NaN must still come out as NaN. Measured: 2.1 -> 1.0 ns per element ([4000, 768]).
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "contract"})
 def residual_layer_norm(x, bias, residual, gamma, beta, eps, out):  # [N, D], [D], [N, D], [D], [D], f, [N, D] -> [N, D]
     """out <- LN(x + bias + residual). ``out`` may be ``x`` or ``residual`` (row i is read before written)."""
     n, d = x.shape
