@@ -178,20 +178,22 @@ CANDIDATE_UNROLL = (1, 2, 4, 8, 16, 32)
 _found = {}  # (K, dtype) -> blocks or None
 
 
-def blas_k_blocks(k, n, dtype):  # int, int, dtype -> [n_blocks + 1] or None
+def blas_k_blocks(k, n, dtype, split=False):  # int, int, dtype, bool -> [n_blocks + 1] or None
     """The K blocks with which NumPy's BLAS sums a batch-sized [?, K] @ [K, N] product, found by
     experiment; None when no candidate reproduces BLAS bit for bit (then queries take BLAS too).
     Only for N a multiple of 64 (every matrix of the target models): BLAS sums a ragged last tile
-    of columns with other code, placed where its thread split puts it."""
+    of columns with other code, placed where its thread split puts it. ``split``: probe with
+    matmul_rows_split (the kernel the caller is about to use: compiling the other one too would
+    add ~1 s to a first run with an empty Numba cache)."""
     if n % 64:
         return None
     key = (int(k), np.dtype(dtype).str)
     if key not in _found:
-        _found[key] = _probe(int(k), np.dtype(dtype))
+        _found[key] = _probe(int(k), np.dtype(dtype), split)
     return _found[key]
 
 
-def _probe(k, dtype):
+def _probe(k, dtype, split):
     rng = np.random.default_rng(k)
     # Batch-sized: M * N * K well above the ~1e6 below which OpenBLAS takes its small-matrix kernel.
     n = 128
@@ -206,6 +208,7 @@ def _probe(k, dtype):
             if tuple(blocks) in tried:
                 continue
             tried.add(tuple(blocks))
-            if np.array_equal(matmul_rows(x, w, blocks), want):
+            got = matmul_rows_split(x, w, blocks, 1) if split else matmul_rows(x, w, blocks)
+            if np.array_equal(got, want):
                 return blocks
     return None

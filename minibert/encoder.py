@@ -47,7 +47,7 @@ def embed(ids, offsets, w, cfg):  # [N], [B + 1] -> [N, D]
 def matmul(x, w, query_threads):  # [N, in], [in, out], int -> [N, out]
     """x @ w: BLAS for a batch (query_threads=0); for one short text the streaming kernel, summing
     in BLAS's order (when that order could be found; else BLAS)."""
-    blocks = blas_k_blocks(w.shape[0], w.shape[1], w.dtype) if query_threads else None
+    blocks = blas_k_blocks(w.shape[0], w.shape[1], w.dtype, query_threads > 1) if query_threads else None
     if blocks is None:
         return x @ w
     if query_threads == 1:
