@@ -153,7 +153,7 @@ def matmul_rows_split(x, w, blocks, threads):  # [M, K], [K, N], [n_blocks + 1],
     evenly shared by rows of x, so that no thread waits for another."""
     check_blocks(x, w, blocks)
     partial = np.empty((len(blocks) - 1, x.shape[0], w.shape[1]), dtype=x.dtype)
-    return add_blocks(blocks_over_threads(x, w, blocks, threads, partial))
+    return add_blocks(blocks_over_threads(x, w, blocks, max(threads, 1), partial))
 
 # ---------------------------------------------------------------- BLAS's summation order
 
