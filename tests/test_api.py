@@ -354,3 +354,22 @@ def test_encode_in_a_forked_child(model, first):
     assert status == 0 and not isinstance(got, str), got
     np.testing.assert_array_equal(got[0], want_batch)
     np.testing.assert_array_equal(got[1], want_query)
+
+
+def test_queries_and_batches_from_many_threads(model):
+    # Split queries (Numba's threads, BLAS held at one thread) and batches (worker threads) at once:
+    # every result keeps its bits, and BLAS's thread count comes back when all have left.
+    from concurrent.futures import ThreadPoolExecutor
+    from minibert import threads
+    _, get_fn = threads.blas_controls()
+    before = get_fn()
+    texts = ["what is the capital of france", "a much longer sentence about many different things " * 3, "x"]
+    want_batch = model.encode(texts)
+    want_query = [model.encode(t) for t in texts]
+    jobs = [("batch", None), ("query", 0), ("query", 1), ("query", 2)] * 6
+    run = lambda job: model.encode(texts) if job[0] == "batch" else model.encode(texts[job[1]])
+    with ThreadPoolExecutor(4) as ex:
+        results = list(ex.map(run, jobs))
+    for job, got in zip(jobs, results):
+        np.testing.assert_array_equal(got, want_batch if job[0] == "batch" else want_query[job[1]])
+    assert get_fn() == before
