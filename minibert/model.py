@@ -156,7 +156,8 @@ class SentenceEncoder:
                 # Texts dealt out in turn, so the shares have about as many tokens. Nothing is
                 # padded, so a text's result does not depend on which share it lands in.
                 shares = [idx[w::workers] for w in range(min(workers, len(idx)))]
-                outputs = threads.map_shares(lambda share: self._run([ids[i] for i in share], query_threads=query_threads), shares)
+                run = lambda share: self._run([ids[i] for i in share], query_threads=query_threads)  # noqa: E731
+                outputs = threads.map_shares(run, shares)
                 for share, (h, offsets) in zip(shares, outputs):
                     self._collect(share, h, offsets, results, tokens, normalize_embeddings)
         return results[0] if single else results

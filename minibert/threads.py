@@ -42,7 +42,8 @@ def _after_fork_in_child():
     # forever, and Numba terminates a child that starts an OpenMP region its parent already used.
     global _pool, _lock, _split_lock, _single_users, _saved_threads, _split_allowed
     _pool, _lock, _split_lock, _single_users, _saved_threads = None, threading.Lock(), threading.Lock(), 0, None
-    _split_allowed = _split_allowed and not _split_used
+    if _split_used:  # inherited, so a grandchild is covered too
+        _split_allowed = False
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
