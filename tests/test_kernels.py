@@ -146,12 +146,45 @@ def test_softmax_rows_matches_twin(rows, t, dtype, scale, seed):
     np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=4e-7 if dtype == np.float32 else 1e-14)
 
 
-def test_exp_nonpositive():
-    from minibert.kernels.attention import exp_nonpositive
+def test_exp_shifted_against_libm():
+    from minibert.kernels.attention import exp_shifted
     x = -np.linspace(0, 100, 200001)
-    got = np.array([exp_nonpositive(v) for v in x[::50]])
-    want = np.exp(x[::50])
-    assert (np.abs(got - want) <= 1e-10 * want + 1e-34).all()
+    got = exp_shifted(x, 0.0, 1.0, np.empty_like(x), np.empty(len(x), np.int64))
+    want = np.exp(x)
+    assert (np.abs(got - want) <= 1e-11 * want + 2e-35).all()  # relative 1e-11 down to -80, then 0
+    assert (got[x < -80] == 0).all()
+    # the shift and scale are applied in float64 before the exp; float32 rows are widened first
+    row = np.array([3.0, 1.5, -np.inf], np.float32)
+    got = exp_shifted(row, 3.0, 0.5, np.empty(3), np.empty(3, np.int64))
+    np.testing.assert_allclose(got, [1.0, np.exp(-0.75), 0.0], rtol=1e-11)
+
+
+@settings(max_examples=60, deadline=None)
+@given(t=st.integers(0, 70), seed=st.integers(0, 2**31), specials=st.lists(
+    st.sampled_from([np.inf, -np.inf, 0.0, -0.0, 1e-45, -1e-45, 3.4e38, -3.4e38]), max_size=3))
+def test_max_float32_is_exact(t, seed, specials):
+    from minibert.kernels.attention import max_float32
+    rng = np.random.default_rng(seed)
+    row = (rng.standard_normal(t) * 10.0 ** rng.integers(-30, 30, t)).astype(np.float32)
+    for s, j in zip(specials, rng.integers(0, max(t, 1), len(specials))):
+        if t:
+            row[j] = s
+    one = np.empty(1, np.int32)
+    got = max_float32(row, one, one.view(np.float32))
+    if t:
+        assert got == row.max()  # (+0 and -0 compare equal; either is the max of the other)
+
+
+def test_softmax_rows_specials():
+    from minibert.kernels import softmax_rows
+    for exact, dtype in ((False, np.float32), (True, np.float32), (True, np.float64)):
+        x = np.array([[1, np.nan, 2], [np.inf, 1, 2], [-np.inf, 0, 1], [-1e4, 0, 1]], dtype)
+        out = softmax_rows(x, 1.0, exact)
+        assert np.isnan(out[:2]).all(), "a NaN or +inf score makes its row NaN, as in torch"
+        np.testing.assert_allclose(out[2:], [[0, 0.2689414213699951, 0.7310585786300049]] * 2, rtol=1e-7)
+        assert (out[2:, 0] == 0).all(), "a -inf (masked) score gets exactly zero weight"
+    with pytest.raises(ValueError, match="float32 scores"):
+        softmax_rows(np.zeros((2, 3)), 1.0, False)
 
 
 def test_erf_constants_are_the_documented_fit():
