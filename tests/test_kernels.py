@@ -96,6 +96,27 @@ def test_attention_packed_matches_padded_twin(lengths, heads, dh, dtype, seed):
     close(out, ref_packed, dtype)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_attention_heads_in_rounds(dtype, monkeypatch):
+    # Long texts take their heads a few at a time (scores kept near L2's size); the rounds must
+    # change nothing: the twin agrees, and so does the same call done in one round.
+    from minibert.kernels import attention
+    rng = np.random.default_rng(7)
+    lengths, heads, dh = [300, 300, 9], 6, 8
+    qkv = (rng.standard_normal((sum(lengths), 3 * heads * dh)) * 2).astype(dtype)
+    offsets = np.cumsum([0] + lengths).astype(np.int64)
+    out = attention.attention_packed(qkv, offsets, heads, np.empty((len(qkv), heads * dh), dtype))
+    assert 2 * 300 * 300 * qkv.itemsize * heads > attention.SCORES_BYTES  # several rounds were taken
+    padded, mask = unpack(qkv, offsets)
+    q, k, v = (padded[..., i * heads * dh:(i + 1) * heads * dh].reshape(3, -1, heads, dh).transpose(0, 2, 1, 3)
+               .astype(np.float64) for i in range(3))
+    ref, _ = pack(attention_ref(q, k, v, mask).transpose(0, 2, 1, 3).reshape(3, -1, heads * dh), lengths)
+    close(out, ref, dtype)
+    monkeypatch.setattr(attention, "SCORES_BYTES", 1 << 40)
+    one_round = attention.attention_packed(qkv, offsets, heads, np.empty((len(qkv), heads * dh), dtype))
+    np.testing.assert_array_equal(out, one_round)
+
+
 def test_attention_never_mixes_texts():
     # changing one text's tokens must leave every other text's output bit-identical
     rng = np.random.default_rng(0)
