@@ -153,6 +153,9 @@ def attention_packed(qkv, offsets, n_heads, out):  # [N, 3D], [B + 1], int, [N, 
     length-sorted) share one batched matmul; the matmuls go to BLAS, the softmax to Numba."""
     d = qkv.shape[1] // 3
     dh = d // n_heads
+    if out.shape != (qkv.shape[0], d) or not out.flags.c_contiguous:
+        raise ValueError(f"attention_packed: out must be a C-contiguous [{qkv.shape[0]}, {d}] array "
+                         f"(results are written through views of it), got shape {out.shape}")
     lengths = np.diff(offsets)
     exact = qkv.dtype == np.float64
     b = 0
@@ -160,6 +163,9 @@ def attention_packed(qkv, offsets, n_heads, out):  # [N, 3D], [B + 1], int, [N, 
         t, e = int(lengths[b]), b
         while e < len(lengths) and lengths[e] == t:
             e += 1
+        if t == 0:  # empty texts have no tokens to compute
+            b = e
+            continue
         rows = slice(int(offsets[b]), int(offsets[e]))
         x = qkv[rows].reshape(e - b, t, 3, n_heads, dh)  # [G, T, Q|K|V, H, Dh], a view
         q = x[:, :, 0].transpose(0, 2, 1, 3)  # [G, H, T, Dh]

@@ -117,6 +117,18 @@ def test_attention_heads_in_rounds(dtype, monkeypatch):
     np.testing.assert_array_equal(out, one_round)
 
 
+def test_attention_edge_cases():
+    rng = np.random.default_rng(1)
+    qkv = rng.standard_normal((5, 12)).astype(np.float32)
+    offsets = np.array([0, 2, 2, 5])  # an empty text in the middle: nothing to attend, no error
+    out = attention_packed(qkv, offsets, 2, np.empty((5, 4), np.float32))
+    np.testing.assert_array_equal(out[:2], attention_packed(qkv[:2], np.array([0, 2]), 2, np.empty((2, 4), np.float32)))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        attention_packed(qkv, offsets, 2, np.empty((4, 5), np.float32).T)
+    with pytest.raises(ValueError, match=r"\[5, 4\]"):
+        attention_packed(qkv, offsets, 2, np.empty((5, 3), np.float32))
+
+
 def test_attention_never_mixes_texts():
     # changing one text's tokens must leave every other text's output bit-identical
     rng = np.random.default_rng(0)
