@@ -153,9 +153,10 @@ class SentenceEncoder:
         with threads.plan(len(ids), short) as (workers, query_threads):
             for start in starts:
                 idx = order[start:start + batch_size]
-                # Texts dealt out in turn, so the shares have about as many tokens. Nothing is
-                # padded, so a text's result does not depend on which share it lands in.
-                shares = [idx[w::workers] for w in range(min(workers, len(idx)))]
+                # Texts dealt out in turn, there and back (longest first: 0 1 1 0 0 1 ...), so
+                # the shares have about as many tokens. Nothing is padded, so a text's result
+                # does not depend on which share it lands in.
+                shares = _deal(idx, min(workers, len(idx)))
                 run = lambda share: self._run([ids[i] for i in share], query_threads=query_threads)  # noqa: E731
                 outputs = threads.map_shares(run, shares)
                 for share, (h, offsets) in zip(shares, outputs):
@@ -183,6 +184,14 @@ class SentenceEncoder:
 
     def similarity(self, a, b):  # [n_a, dim], [n_b, dim] -> [n_a, n_b] with the model's own score
         return util.SIMILARITY[self.similarity_fn_name](a, b)
+
+
+def _deal(items, n):  # list, int -> n lists: items dealt to n hands in a snake order, 0..n-1 then n-1..0
+    hands = [[] for _ in range(n)]
+    for pos, item in enumerate(items):
+        row, col = divmod(pos, n)
+        hands[col if row % 2 == 0 else n - 1 - col].append(item)
+    return hands
 
 
 def _compute_dtype(dtype):  # "float32" | np.float32 | ... -> np.dtype, or a clear error

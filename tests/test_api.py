@@ -261,6 +261,15 @@ def test_worker_threads_equal_one_thread(model, monkeypatch):
     assert get_fn() == before  # BLAS's thread count is restored after encode
 
 
+def test_deal_snakes_and_keeps_everything():
+    from minibert.model import _deal
+    assert _deal(list(range(7)), 2) == [[0, 3, 4], [1, 2, 5, 6]]
+    assert _deal(list(range(7)), 3) == [[0, 5, 6], [1, 4], [2, 3]]
+    assert _deal([5, 6], 1) == [[5, 6]]
+    lengths = list(range(64, 0, -2))  # a length-sorted batch: the two hands get equal token counts
+    assert [sum(h) for h in _deal(lengths, 2)] == [528, 528]
+
+
 def test_overlapping_encodes_restore_blas_threads(model):
     from concurrent.futures import ThreadPoolExecutor
     from minibert import threads
