@@ -21,7 +21,8 @@ whose worker threads spin on the other core, and a second Numba thread would fig
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.extending import intrinsic
 
 # ---------------------------------------------------------------- NumPy twins (the math)
 
@@ -56,22 +57,37 @@ def unpack(packed, offsets, fill=0.0):  # [N, ...], [B + 1] -> [B, T, ...], [B, 
 # ---------------------------------------------------------------- Numba kernel
 
 
+# Reading a float's bits as an integer, or the reverse, is free in C (a union or memcpy) and in
+# NumPy (``a.view``). Numba's ``view`` works only on arrays and is slow to compile (~0.7 s for the
+# three this file would need), so these say it to LLVM directly: one ``bitcast``, no instruction.
+def _bitcast(src, dst):
+    @intrinsic
+    def cast(typingctx, value):
+        if value != src:
+            return None  # any other argument type is a typing error, never a silent conversion
+        return dst(src), lambda context, builder, sig, args: builder.bitcast(args[0], context.get_value_type(dst))
+    return cast
+
+
+float32_bits = _bitcast(types.float32, types.int32)  # float32 -> int32 with the same 32 bits
+float32_from_bits = _bitcast(types.int32, types.float32)
+float64_from_bits = _bitcast(types.int64, types.float64)
+
 LOG2E = 1.4426950408889634  # 1 / ln 2
 LN2 = 0.6931471805599453
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def exp_shifted(row, best, scale, out, two_n):  # [T], float, float, [T] f64, [T] i64 scratch -> [T] f64
+def exp_shifted(row, best, scale, out):  # [T], float, float, [T] float64 -> [T] float64
     """out[j] <- exp((row[j] - best) * scale) for arguments <= 0, relative error < 1e-11.
 
     libm's exp is a scalar call and softmax needs T^2 of them per head, so this is written to
     vectorise: exp(y) = 2^n * exp(r) with n = round(y / ln 2) and |r| <= ln 2 / 2, where a
-    degree-9 Taylor series gives exp(r) to 1e-11 and 2^n is built by writing n + 1023 into a
-    float64's exponent bits (the int64 scratch, read back through a float64 view). Below -80 the
-    result is 0: exp(-80) < 2e-35 is far beneath a softmax row's sum (at least 1), and clamping
-    there keeps 2^n a normal number. Rounding ln 2 to float64 costs at most 116 * 6e-17 in r: nothing."""
-    t = len(row)
-    for j in range(t):
+    degree-9 Taylor series gives exp(r) to 1e-11 and 2^n is the float64 whose exponent bits hold
+    n + 1023. Below -80 the result is 0: exp(-80) < 2e-35 is far beneath a softmax row's sum (at
+    least 1), and clamping there keeps 2^n a normal number. Rounding ln 2 to float64 costs at
+    most 116 * 6e-17 in r: nothing."""
+    for j in range(len(row)):
         x = (np.float64(row[j]) - best) * scale
         y = max(x, -80.0)
         n = np.floor(y * LOG2E + 0.5)
@@ -86,16 +102,13 @@ def exp_shifted(row, best, scale, out, two_n):  # [T], float, float, [T] f64, [T
         p = p * r + 0.5
         p = p * r + 1.0
         p = p * r + 1.0
-        out[j] = 0.0 if x < -80.0 else p  # exactly 0 for -inf (a masked key), as libm; NaN stays NaN
-        two_n[j] = (np.int64(n) + 1023) << 52
-    powers = two_n.view(np.float64)  # the same bits, read as the floats 2^n
-    for j in range(t):
-        out[j] *= powers[j]
+        two_n = float64_from_bits((np.int64(n) + 1023) << 52)
+        out[j] = 0.0 if x < -80.0 else p * two_n  # exactly 0 for -inf (a masked key), as libm; NaN stays NaN
     return out
 
 
 @njit(cache=True, nogil=True, inline="always")
-def max_float32(row, one_bits, one_float):  # [T] float32, [1] int32 and its float32 view -> max(row)
+def max_float32(row):  # [T] float32 -> max(row) (NaN if T = 0)
     """The largest element of a float32 row, exactly, 16 lanes at a time.
 
     Float compares one after another form a chain that LLVM does not vectorise (it may not
@@ -103,41 +116,53 @@ def max_float32(row, one_bits, one_float):  # [T] float32, [1] int32 and its flo
     31 magnitude bits flipped when the sign bit is set, sort exactly as the floats do (-inf < ...
     < -0 < +0 < ... < inf), so the max of these keys, mapped back, is the float max (2.5-3x faster
     than the chain at every length). A NaN never hides: its own exp makes its whole row NaN."""
-    bits = row.view(np.int32)
     best = np.int32(-2147483648)
-    for j in range(len(bits)):
-        b = bits[j]
-        best = max(best, b ^ ((b >> 31) & 0x7FFFFFFF))
-    one_bits[0] = best ^ ((best >> 31) & 0x7FFFFFFF)  # the same flip undoes itself
-    return one_float[0]
+    for j in range(len(row)):
+        b = float32_bits(row[j])
+        best = max(best, np.int32(b ^ ((b >> 31) & 0x7FFFFFFF)))
+    return float32_from_bits(np.int32(best ^ ((best >> 31) & 0x7FFFFFFF)))  # the same flip undoes itself
+
+
+def softmax_rows(scores, scale, exact):  # [R, T] (in place), float, bool -> [R, T]
+    """Each row r <- softmax(scale * r), computed in float64 and rounded once. ``exact``: with
+    libm's exp (float64 runs, where minibert is held to 1e-12); else the vectorised one (float32)."""
+    if exact:
+        return softmax_rows_libm(scores, scale)
+    if scores.dtype != np.float32:
+        raise ValueError(f"softmax_rows: exact=False is for float32 scores, got {scores.dtype}; pass exact=True")
+    return softmax_rows_fast(scores, scale)
 
 
 # reassoc lets LLVM vectorise the sums (their order then differs from a plain loop's, by far less
 # than an fp32 rounding of the result); no nnan/ninf flags: a NaN must come out as NaN.
 @njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "contract"})
-def softmax_rows(scores, scale, exact):  # [R, T] (in place), float, bool -> [R, T]
-    """Each row r <- softmax(scale * r), computed in float64 and rounded once. ``exact``: libm's
-    exp (float64 runs, where it is the reference); else the vectorised one (float32 scores only)."""
+def softmax_rows_fast(scores, scale):  # [R, T] float32 (in place), float -> [R, T]
     n, t = scores.shape
-    if not exact and scores.itemsize != 4:
-        raise ValueError("softmax_rows: exact=False is for float32 scores; pass exact=True for float64")
     e = np.empty(t, dtype=np.float64)
-    two_n = np.empty(t, dtype=np.int64)
-    one_bits = np.empty(1, dtype=np.int32)
-    one_float = one_bits.view(np.float32)
     for r in range(n):
         row = scores[r]
-        if exact:
-            best = -np.inf
-            for j in range(t):
-                best = max(best, np.float64(row[j]))
-            for j in range(t):
-                e[j] = math.exp((np.float64(row[j]) - best) * scale)
-        else:
-            best = np.float64(max_float32(row, one_bits, one_float))
-            exp_shifted(row, best, scale, e, two_n)
+        exp_shifted(row, np.float64(max_float32(row)), scale, e)
         total = 0.0
         for j in range(t):
+            total += e[j]
+        inv = 1.0 / total
+        for j in range(t):
+            row[j] = e[j] * inv
+    return scores
+
+
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "contract"})
+def softmax_rows_libm(scores, scale):  # [R, T] (in place), float -> [R, T]
+    n, t = scores.shape
+    e = np.empty(t, dtype=np.float64)
+    for r in range(n):
+        row = scores[r]
+        best = -np.inf
+        for j in range(t):
+            best = max(best, np.float64(row[j]))
+        total = 0.0
+        for j in range(t):
+            e[j] = math.exp((np.float64(row[j]) - best) * scale)
             total += e[j]
         inv = 1.0 / total
         for j in range(t):
