@@ -77,7 +77,8 @@ LOG2E = 1.4426950408889634  # 1 / ln 2
 LN2 = 0.6931471805599453
 
 
-@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+# The flags of the softmax kernel it is inlined into, so that its tests test what runs.
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "contract"}, inline="always")
 def exp_shifted(row, best, scale, out):  # [T], float, float, [T] float64 -> [T] float64
     """out[j] <- exp((row[j] - best) * scale) for arguments <= 0, relative error < 1e-11.
 
