@@ -177,6 +177,9 @@ SCORES_BYTES = 1 << 20  # scores handled at once: about one core's L2 (1 MiB on 
 def attention_packed(qkv, offsets, n_heads, out):  # [N, 3D], [B + 1], int, [N, D] -> [N, D]
     """Each text attends over its own tokens only. Texts of equal length (common: batches are
     length-sorted) share one batched matmul; the matmuls go to BLAS, the softmax to Numba."""
+    if qkv.ndim != 2 or qkv.shape[1] % 3 or n_heads < 1 or (qkv.shape[1] // 3) % n_heads:
+        raise ValueError(f"attention_packed: qkv must be [N, 3D] with D a multiple of n_heads={n_heads}, "
+                         f"got shape {qkv.shape}")
     d = qkv.shape[1] // 3
     dh = d // n_heads
     if out.shape != (qkv.shape[0], d) or not out.flags.c_contiguous:

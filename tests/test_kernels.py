@@ -127,6 +127,10 @@ def test_attention_edge_cases():
         attention_packed(qkv, offsets, 2, np.empty((4, 5), np.float32).T)
     with pytest.raises(ValueError, match=r"\[5, 4\]"):
         attention_packed(qkv, offsets, 2, np.empty((5, 3), np.float32))
+    with pytest.raises(ValueError, match="multiple of n_heads=3"):
+        attention_packed(qkv, offsets, 3, np.empty((5, 4), np.float32))
+    with pytest.raises(ValueError, match=r"\[N, 3D\]"):
+        attention_packed(qkv[:, :11], offsets, 1, np.empty((5, 4), np.float32))
 
 
 def test_attention_never_mixes_texts():
