@@ -61,12 +61,12 @@ def unpack(packed, offsets, fill=0.0):  # [N, ...], [B + 1] -> [B, T, ...], [B, 
 # NumPy (``a.view``). Numba's ``view`` works only on arrays and is slow to compile (~0.7 s for the
 # three this file would need), so these say it to LLVM directly: one ``bitcast``, no instruction.
 def _bitcast(src, dst):
-    @intrinsic
     def cast(typingctx, value):
         if value != src:
             return None  # any other argument type is a typing error, never a silent conversion
         return dst(src), lambda context, builder, sig, args: builder.bitcast(args[0], context.get_value_type(dst))
-    return cast
+    cast.__name__ = cast.__qualname__ = f"bitcast_{src}_to_{dst}"  # one name each, in error messages too
+    return intrinsic(cast)
 
 
 float32_bits = _bitcast(types.float32, types.int32)  # float32 -> int32 with the same 32 bits
