@@ -124,6 +124,16 @@ def max_float32(row):  # [T] float32 -> max(row) (NaN if T = 0)
     return float32_from_bits(np.int32(best ^ ((best >> 31) & 0x7FFFFFFF)))  # the same flip undoes itself
 
 
+@njit(cache=True, nogil=True, inline="always")
+def write_normalised(row, e):  # [T] out, [T] float64 exps -> row <- e / sum(e), rounded once
+    total = 0.0
+    for j in range(len(row)):
+        total += e[j]
+    inv = 1.0 / total
+    for j in range(len(row)):
+        row[j] = e[j] * inv
+
+
 def softmax_rows(scores, scale, exact):  # [R, T] (in place), float, bool -> [R, T]
     """Each row r <- softmax(scale * r), computed in float64 and rounded once. ``exact``: with
     libm's exp (float64 runs, where minibert is held to 1e-12); else the vectorised one (float32)."""
@@ -142,13 +152,7 @@ def softmax_rows_fast(scores, scale):  # [R, T] float32 (in place), float -> [R,
     e = np.empty(t, dtype=np.float64)
     for r in range(n):
         row = scores[r]
-        exp_shifted(row, np.float64(max_float32(row)), scale, e)
-        total = 0.0
-        for j in range(t):
-            total += e[j]
-        inv = 1.0 / total
-        for j in range(t):
-            row[j] = e[j] * inv
+        write_normalised(row, exp_shifted(row, np.float64(max_float32(row)), scale, e))
     return scores
 
 
@@ -161,13 +165,9 @@ def softmax_rows_libm(scores, scale):  # [R, T] (in place), float -> [R, T]
         best = -np.inf
         for j in range(t):
             best = max(best, np.float64(row[j]))
-        total = 0.0
         for j in range(t):
             e[j] = math.exp((np.float64(row[j]) - best) * scale)
-            total += e[j]
-        inv = 1.0 / total
-        for j in range(t):
-            row[j] = e[j] * inv
+        write_normalised(row, e)
     return scores
 
 

@@ -87,13 +87,18 @@ def test_attention_packed_matches_padded_twin(lengths, heads, dh, dtype, seed):
     mask = np.zeros((B, T))
     for b, n in enumerate(lengths):
         mask[b, :n] = 1
-    q, k, v = (padded[..., i * D:(i + 1) * D].reshape(B, T, heads, dh).transpose(0, 2, 1, 3).astype(np.float64)
-               for i in range(3))
-    ref = attention_ref(q, k, v, mask).transpose(0, 2, 1, 3).reshape(B, T, D)  # [B, T, D]
+    ref = attention_twin(padded, mask, heads)  # [B, T, D]
     qkv, offsets = pack(padded, lengths)
     out = attention_packed(np.ascontiguousarray(qkv), offsets, heads, np.empty((len(qkv), D), dtype))
     ref_packed, _ = pack(ref, lengths)
     close(out, ref_packed, dtype)
+
+
+def attention_twin(padded, mask, heads):  # [B, T, 3D], [B, T], int -> [B, T, D]: the twin, in float64
+    B, T, D = padded.shape[0], padded.shape[1], padded.shape[2] // 3
+    q, k, v = (padded[..., i * D:(i + 1) * D].reshape(B, T, heads, D // heads).transpose(0, 2, 1, 3)
+               .astype(np.float64) for i in range(3))
+    return attention_ref(q, k, v, mask).transpose(0, 2, 1, 3).reshape(B, T, D)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -107,10 +112,7 @@ def test_attention_heads_in_rounds(dtype, monkeypatch):
     offsets = np.cumsum([0] + lengths).astype(np.int64)
     out = attention.attention_packed(qkv, offsets, heads, np.empty((len(qkv), heads * dh), dtype))
     assert 2 * 300 * 300 * qkv.itemsize * heads > attention.SCORES_BYTES  # several rounds were taken
-    padded, mask = unpack(qkv, offsets)
-    q, k, v = (padded[..., i * heads * dh:(i + 1) * heads * dh].reshape(3, -1, heads, dh).transpose(0, 2, 1, 3)
-               .astype(np.float64) for i in range(3))
-    ref, _ = pack(attention_ref(q, k, v, mask).transpose(0, 2, 1, 3).reshape(3, -1, heads * dh), lengths)
+    ref, _ = pack(attention_twin(*unpack(qkv, offsets), heads), lengths)
     close(out, ref, dtype)
     monkeypatch.setattr(attention, "SCORES_BYTES", 1 << 40)
     one_round = attention.attention_packed(qkv, offsets, heads, np.empty((len(qkv), heads * dh), dtype))
