@@ -186,23 +186,31 @@ def latency(engine, query, n=30):
 
 # "runtime deps only": the process cannot see SciPy, as in an environment holding only minibert's
 # dependencies. Numba probes SciPy's BLAS when its first kernel loads (0.23 s here) if it is installed.
+# minibert runs a short first call on NumPy without starting Numba (minibert/startup.py); the
+# "Numba from the first call" rows (MINIBERT_NUMBA=1) show what starting Numba costs.
+_MB = "import minibert; minibert.load({d!r}).encode(['hi'])"
+_NO_SCIPY = "import sys; sys.modules['scipy'] = None; "
 COLD = {
-    "minibert": "import minibert; minibert.load({d!r}).encode(['hi'])",
-    "minibert (runtime deps only)": "import sys; sys.modules['scipy'] = None; import minibert; minibert.load({d!r}).encode(['hi'])",
+    "minibert": (_MB, {}),
+    "minibert (runtime deps only)": (_NO_SCIPY + _MB, {}),
+    "minibert, Numba from the first call": (_MB, {"MINIBERT_NUMBA": "1"}),
+    "  the same, runtime deps only": (_NO_SCIPY + _MB, {"MINIBERT_NUMBA": "1"}),
     "sentence-transformers": ("from sentence_transformers import SentenceTransformer; "
-                              "SentenceTransformer({d!r}, device='cpu').encode(['hi'])"),
+                              "SentenceTransformer({d!r}, device='cpu').encode(['hi'])", {}),
 }
 
 
 def cold_start(engine, model_dir, env=None, runs=3):  # wall seconds and peak RSS (MiB) of a fresh process
     # VmHWM: the peak resident set of this process image (ru_maxrss would carry the parent's over exec)
-    code = COLD[engine].format(d=str(model_dir)) + (
+    code, engine_env = COLD[engine]
+    env = {**engine_env, **(env or {})}
+    code = code.format(d=str(model_dir)) + (
         "; import sys; print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1], file=sys.stderr)")
     walls, rss = [], []
     for _ in range(runs):
         t = time.perf_counter()
         p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+                           env={**os.environ, "HF_HUB_OFFLINE": "1", **env})
         walls.append(time.perf_counter() - t)
         if p.returncode:
             raise RuntimeError(p.stderr[-2000:])
@@ -232,7 +240,18 @@ def bench_model(label, model_dir, texts, repeats, query):
         wall, rss = cold_start(name, model_dir)
         rows.setdefault(name, {}).update(cold_start_s=wall, peak_rss_mib=rss)
     with tempfile.TemporaryDirectory() as cache:  # a cold Numba cache: every kernel compiles
-        rows["minibert"]["cold_cache_start_s"] = cold_start("minibert", model_dir, {"NUMBA_CACHE_DIR": cache}, runs=1)[0]
+        rows["minibert"]["cold_cache_start_s"] = cold_start("minibert, Numba from the first call", model_dir,
+                                                            {"NUMBA_CACHE_DIR": cache}, runs=1)[0]
+    # One query on the path a process takes before Numba has started (NumPy mirrors of the kernels).
+    saved = os.environ.get("MINIBERT_NUMBA")
+    os.environ["MINIBERT_NUMBA"] = "0"
+    try:
+        rows["minibert"]["query_numpy_ms"] = 1000 * latency(mb, query)
+    finally:
+        if saved is None:
+            del os.environ["MINIBERT_NUMBA"]
+        else:
+            os.environ["MINIBERT_NUMBA"] = saved
     return {"model": label, "dir": str(model_dir), "texts": len(texts), "tokens": n_tok, "weights_mib": weights,
             "flops": flops, "engines": rows}
 
@@ -243,20 +262,22 @@ def print_table(result, gflops):
         e = r["engines"]
         st, ort = e.get("sentence-transformers"), e.get("onnxruntime")
         print(f"\n{r['model']}: {r['texts']} texts, {r['tokens']} tokens, weights {r['weights_mib']:.0f} MiB")
-        print(f"{'engine':<28} {'tokens/s':>9} {'texts/s':>8} {'x ST':>6} {'x ORT':>6} {'roofline':>8} "
+        print(f"{'engine':<36} {'tokens/s':>9} {'texts/s':>8} {'x ST':>6} {'x ORT':>6} {'roofline':>8} "
               f"{'query ms':>8} {'cold s':>7} {'RSS MiB':>8}")
         for name, row in e.items():
             if "tokens_per_s" not in row:
-                print(f"{name:<28} {'':>9} {'':>8} {'':>6} {'':>6} {'':>8} {'':>8} {row['cold_start_s']:7.2f} {row['peak_rss_mib']:8.0f}")
+                print(f"{name:<36} {'':>9} {'':>8} {'':>6} {'':>6} {'':>8} {'':>8} {row['cold_start_s']:7.2f} {row['peak_rss_mib']:8.0f}")
                 continue
             x_st = row["tokens_per_s"] / st["tokens_per_s"] if st else float("nan")
             x_ort = row["tokens_per_s"] / ort["tokens_per_s"] if ort else float("nan")
             cold = f"{row['cold_start_s']:7.2f}" if "cold_start_s" in row else f"{'-':>7}"
             rss = f"{row['peak_rss_mib']:8.0f}" if "peak_rss_mib" in row else f"{'-':>8}"
-            print(f"{name:<28} {row['tokens_per_s']:9.0f} {row['texts_per_s']:8.1f} {x_st:6.2f} {x_ort:6.2f} "
+            print(f"{name:<36} {row['tokens_per_s']:9.0f} {row['texts_per_s']:8.1f} {x_st:6.2f} {x_ort:6.2f} "
                   f"{100 * row['gflops'] / gflops:7.0f}% {row['query_latency_ms']:8.2f} {cold} {rss}")
         mb = e["minibert"]
-        print(f"minibert cold start with an empty Numba cache (every kernel compiles): {mb['cold_cache_start_s']:.2f} s")
+        print(f"minibert cold start with an empty Numba cache (Numba from the first call, every kernel compiles): "
+              f"{mb['cold_cache_start_s']:.2f} s")
+        print(f"minibert one query before Numba has started (NumPy path): {mb['query_numpy_ms']:.2f} ms")
 
 
 def main():

@@ -18,7 +18,7 @@ they are compared with float64 torch at 1e-12.
 import math
 
 import numpy as np
-from numba import njit
+from .jit import njit
 
 # Codes for the fused kernel (Numba cannot take a Python function as an argument cheaply).
 GELU_ERF, GELU_TANH, RELU = 0, 1, 2
@@ -62,6 +62,34 @@ def fit_erf(degree_small=12, degree_large=16):  # -> (ERF_SMALL, ERF_LARGE): how
     small = chebyshev.cheb2poly(chebyshev.chebfit(u, np.where(z > 0, _erf(z) / np.maximum(z, 1e-300), 2 / math.sqrt(math.pi)), degree_small))
     large = chebyshev.cheb2poly(chebyshev.chebfit(u, _erf(u * 1.25 + 3.25), degree_large))
     return tuple(small[::-1]), tuple(large[::-1])
+
+# ---------------------------------------------------------------- NumPy mirror of the kernel
+
+
+def erf_fast_numpy(z):  # float64 [...] -> [...]: erf_fast below, the same steps on arrays
+    a = np.minimum(np.abs(z), 4.5)
+    small = np.polyval(ERF_SMALL, a * a * 0.5 - 1.0) * a  # np.polyval is Horner's rule, as the kernel's
+    large = np.polyval(ERF_LARGE, (a - 3.25) * 0.8)
+    e = np.where(a >= 4.5, 1.0, np.where(a <= 2.0, small, large))
+    return np.where(z < 0, -e, e)
+
+
+def bias_act_numpy(h, bias, activation):  # [N, F] (in place), [F], int code -> [N, F]
+    """bias_act without Numba: the kernel's float64 steps, with its own erf for float32 (the
+    twins above use libm's erf, so they differ from the kernel in the last bit of ~1e-4 of values)."""
+    x = (h + bias).astype(np.float64)  # the bias added in h's dtype first, as the kernel does
+    if activation == GELU_ERF:
+        erf = _erf if h.dtype == np.float64 else erf_fast_numpy
+        y = 0.5 * x * (1.0 + erf(x * _INV_SQRT_2))
+    elif activation == GELU_TANH:
+        y = 0.5 * x * (1.0 + np.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)))
+    elif activation == RELU:
+        y = np.maximum(x, 0.0)
+    else:
+        raise ValueError(f"bias_act_numpy: unknown activation code {activation}; known: {ACTIVATIONS}")
+    h[...] = y
+    return h
+
 
 # ---------------------------------------------------------------- Numba kernels
 

@@ -21,8 +21,7 @@ whose worker threads spin on the other core, and a second Numba thread would fig
 import math
 
 import numpy as np
-from numba import njit, types
-from numba.extending import intrinsic
+from .jit import intrinsic, njit
 
 # ---------------------------------------------------------------- NumPy twins (the math)
 
@@ -54,28 +53,52 @@ def unpack(packed, offsets, fill=0.0):  # [N, ...], [B + 1] -> [B, T, ...], [B, 
         mask[b, :n] = 1
     return out, mask
 
+# ---------------------------------------------------------------- NumPy mirror of the kernel
+
+LOG2E = 1.4426950408889634  # 1 / ln 2
+LN2 = 0.6931471805599453
+EXP_TAYLOR = tuple(1.0 / math.factorial(i) for i in range(9, -1, -1))  # 1/9!, ..., 1/1!, 1/0!: exp(r), Horner order
+
+
+def exp_shifted_numpy(x):  # float64 [...] (<= 0) -> exp(x): exp_shifted below, the same steps on arrays
+    y = np.maximum(x, -80.0)
+    n = np.floor(y * LOG2E + 0.5)
+    p = np.polyval(EXP_TAYLOR, y - n * LN2)
+    with np.errstate(invalid="ignore"):  # a NaN's n casts to garbage; its p is NaN all the same
+        two_n = ((n.astype(np.int64) + 1023) << 52).view(np.float64)
+    return np.where(x < -80.0, 0.0, p * two_n)
+
+
+def softmax_rows_numpy(scores, scale, exact):  # [R, T] (in place), float, bool -> [R, T]
+    """softmax_rows without Numba: the kernels' float64 steps (their exp, their max, one rounding)."""
+    best = scores.max(axis=-1, keepdims=True).astype(np.float64)  # exact, as the kernels' max
+    with np.errstate(invalid="ignore"):  # an inf score makes its row NaN here too, without a warning
+        x = (scores.astype(np.float64) - best) * scale
+    e = np.exp(x) if exact else exp_shifted_numpy(x)
+    scores[...] = e * (1.0 / e.sum(axis=-1, keepdims=True))
+    return scores
+
 # ---------------------------------------------------------------- Numba kernel
 
 
 # Reading a float's bits as an integer, or the reverse, is free in C (a union or memcpy) and in
 # NumPy (``a.view``). Numba's ``view`` works only on arrays and is slow to compile (~0.7 s for the
 # three this file would need), so these say it to LLVM directly: one ``bitcast``, no instruction.
-def _bitcast(src, dst):
+def _bitcast(src, dst):  # Numba type names, e.g. "float32" -> "int32"
     def cast(typingctx, value):
-        if value != src:
+        from numba import types  # typing runs inside Numba, so it is imported by now (kernels/jit.py)
+
+        source, target = getattr(types, src), getattr(types, dst)
+        if value != source:
             return None  # any other argument type is a typing error, never a silent conversion
-        return dst(src), lambda context, builder, sig, args: builder.bitcast(args[0], context.get_value_type(dst))
+        return target(source), lambda context, builder, sig, args: builder.bitcast(args[0], context.get_value_type(target))
     cast.__name__ = cast.__qualname__ = f"bitcast_{src}_to_{dst}"  # one name each, in error messages too
     return intrinsic(cast)
 
 
-float32_bits = _bitcast(types.float32, types.int32)  # float32 -> int32 with the same 32 bits
-float32_from_bits = _bitcast(types.int32, types.float32)
-float64_from_bits = _bitcast(types.int64, types.float64)
-
-LOG2E = 1.4426950408889634  # 1 / ln 2
-LN2 = 0.6931471805599453
-
+float32_bits = _bitcast("float32", "int32")  # float32 -> int32 with the same 32 bits
+float32_from_bits = _bitcast("int32", "float32")
+float64_from_bits = _bitcast("int64", "float64")
 
 # The flags of the softmax kernel it is inlined into, so that its tests test what runs.
 @njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "contract"}, inline="always")
@@ -174,9 +197,10 @@ def softmax_rows_libm(scores, scale):  # [R, T] (in place), float -> [R, T]
 SCORES_BYTES = 1 << 20  # scores handled at once: about one core's L2 (1 MiB on Zen 4, 1-2 MiB on Xeons)
 
 
-def attention_packed(qkv, offsets, n_heads, out):  # [N, 3D], [B + 1], int, [N, D] -> [N, D]
+def attention_packed(qkv, offsets, n_heads, out, numba=True):  # [N, 3D], [B + 1], int, [N, D], bool -> [N, D]
     """Each text attends over its own tokens only. Texts of equal length (common: batches are
-    length-sorted) share one batched matmul; the matmuls go to BLAS, the softmax to Numba."""
+    length-sorted) share one batched matmul; the matmuls go to BLAS, the softmax to Numba (or, with
+    ``numba=False``, to its NumPy mirror)."""
     if qkv.ndim != 2 or qkv.shape[1] % 3 or n_heads < 1 or (qkv.shape[1] // 3) % n_heads:
         raise ValueError(f"attention_packed: qkv must be [N, 3D] with D a multiple of n_heads={n_heads}, "
                          f"got shape {qkv.shape}")
@@ -207,7 +231,7 @@ def attention_packed(qkv, offsets, n_heads, out):  # [N, 3D], [B + 1], int, [N, 
         for h in range(0, n_heads, step):
             heads = slice(h, h + step)
             scores = q[:, heads] @ k_t[:, heads]  # [G, h, T, T]
-            softmax_rows(scores.reshape(-1, t), 1.0 / math.sqrt(dh), exact)
+            (softmax_rows if numba else softmax_rows_numpy)(scores.reshape(-1, t), 1.0 / math.sqrt(dh), exact)
             np.matmul(scores, v[:, heads], out=o[:, heads])  # straight into out: heads side by side
         b = e
     return out

@@ -13,19 +13,24 @@ than the model's.
 import math
 
 import numpy as np
-from numba import njit
+from .jit import njit
 
 # ---------------------------------------------------------------- NumPy twins (the math)
 
 
-def layer_norm_ref(v, gamma, beta, eps):  # [..., D], [D], [D], float -> [..., D]
-    mean = v.mean(axis=-1, keepdims=True)
-    var = ((v - mean) ** 2).mean(axis=-1, keepdims=True)  # biased variance, as torch's LayerNorm
-    return (v - mean) / np.sqrt(var + eps) * gamma + beta
+def layer_norm_ref(v, gamma, beta, eps):  # [..., D], [D], [D], float -> [..., D] in v's dtype
+    # In float64 and rounded once, step for step as the kernel below: then the two agree to the
+    # bit but for rare elements, and this twin can stand in for the kernel (kernels/jit.py).
+    x = v.astype(np.float64)
+    mean = x.sum(axis=-1, keepdims=True) / x.shape[-1]
+    c = x - mean
+    var = (c * c).sum(axis=-1, keepdims=True) / x.shape[-1]  # biased variance, as torch's LayerNorm
+    return (c * (1.0 / np.sqrt(var + eps)) * gamma + beta).astype(v.dtype)
 
 
 def residual_layer_norm_ref(x, bias, residual, gamma, beta, eps):  # [N, D], [D], [N, D], [D], [D] -> [N, D]
-    return layer_norm_ref(x + bias + residual, gamma, beta, eps)
+    v = x.astype(np.float64) + bias + residual  # the sum in float64 too, as the kernel takes it
+    return layer_norm_ref(v, gamma, beta, eps).astype(x.dtype)
 
 # ---------------------------------------------------------------- Numba kernel
 

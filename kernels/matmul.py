@@ -31,7 +31,7 @@ are independent, so the cores split them (each streams its own part of W); a sin
 """
 
 import numpy as np
-from numba import njit, prange
+from .jit import njit, prange
 
 PANEL = 1024  # columns of W per pass: M x PANEL of ``out`` and 4 x PANEL of W fit in L1/L2 at M ~ 10
 

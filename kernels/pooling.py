@@ -14,7 +14,9 @@ result rounded once to the tokens' dtype.
 """
 
 import numpy as np
-from numba import njit
+
+from .attention import unpack
+from .jit import njit
 
 POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
 _CODES = {mode: i for i, mode in enumerate(POOLING_MODES)}
@@ -42,6 +44,12 @@ def pool_ref(tokens, mask, mode):  # [B, T, D], [B, T], str -> [B, D]
     else:
         raise ValueError(f"unknown pooling mode {mode!r}; known: {', '.join(POOLING_MODES)}")
     return out.astype(tokens.dtype)
+
+
+def pool_numpy(tokens, offsets, mode):  # [N, D], [B + 1], str -> [B, D]: ``pool`` without Numba
+    # The twin already sums in float64 in the kernel's order (token by token) and rounds once.
+    padded, mask = unpack(tokens, offsets)
+    return pool_ref(padded, mask, mode)
 
 # ---------------------------------------------------------------- Numba kernel
 

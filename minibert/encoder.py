@@ -14,13 +14,15 @@ the heavy lifting), except for a handful of tokens (one short query), where a Nu
 streams the weights once is faster; the per-token work between them runs in the Numba kernels.
 Two forward passes live here: ``encode_packed`` (the fast one, what minibert runs) and
 ``encode_reference`` (padded NumPy twins, the textbook form), which the tests hold against each
-other.
+other. ``encode_packed(..., numba=False)`` runs the same steps with the NumPy mirror of each Numba
+kernel, for a short call before Numba has started (minibert/startup.py): same bits in practice.
 """
 
 import numpy as np
 
 from minibert.kernels import (
-    attention_packed, attention_ref, bias_act, bias_act_ref, layer_norm_ref, residual_layer_norm,
+    attention_packed, attention_ref, bias_act, bias_act_numpy, bias_act_ref, layer_norm_ref, residual_layer_norm,
+    residual_layer_norm_ref,
 )
 from minibert.kernels.activations import ACTIVATIONS
 from minibert.kernels.matmul import blas_k_blocks, matmul_rows, matmul_rows_split
@@ -37,16 +39,23 @@ def positions_of(offsets):  # [B + 1] -> [N]: each token's index within its own 
     return np.arange(offsets[-1], dtype=np.int64) - np.repeat(offsets[:-1], lengths)
 
 
-def embed(ids, offsets, w, cfg):  # [N], [B + 1] -> [N, D]
+def layer_norm(x, bias, residual, gamma, beta, eps, out, numba):  # [N, D], [D], [N, D], [D], [D], f, [N, D] -> out
+    """out <- LN(x + bias + residual): the Numba kernel, or its NumPy twin (the same float64 steps)."""
+    if numba:
+        return residual_layer_norm(x, bias, residual, gamma, beta, eps, out)
+    out[...] = residual_layer_norm_ref(x, bias, residual, gamma, beta, eps)
+    return out
+
+
+def embed(ids, offsets, w, cfg, numba=True):  # [N], [B + 1] -> [N, D]
     words = w.word[ids]  # a gather: only these rows of the (memory-mapped) table are touched
-    out = np.empty_like(words)
-    return residual_layer_norm(words, w.token_type, w.position[positions_of(offsets)],
-                               w.emb_ln_g, w.emb_ln_b, cfg.layer_norm_eps, out)
+    return layer_norm(words, w.token_type, w.position[positions_of(offsets)], w.emb_ln_g, w.emb_ln_b,
+                      cfg.layer_norm_eps, np.empty_like(words), numba)
 
 
 def matmul(x, w, query_threads):  # [N, in], [in, out], int -> [N, out]
     """x @ w: BLAS for a batch (query_threads=0); for one short text the streaming kernel, summing
-    in BLAS's order (when that order could be found; else BLAS)."""
+    in BLAS's order (when that order could be found; else BLAS). Same bits either way."""
     blocks = blas_k_blocks(w.shape[0], w.shape[1], w.dtype, query_threads > 1) if query_threads else None
     if blocks is None:
         return x @ w
@@ -55,33 +64,37 @@ def matmul(x, w, query_threads):  # [N, in], [in, out], int -> [N, out]
     return matmul_rows_split(x, w, blocks, query_threads)  # the same bits as on one thread
 
 
-def self_attention(x, offsets, lw, cfg, query_threads):  # [N, D], [B + 1] -> [N, D] (before the output bias)
+def self_attention(x, offsets, lw, cfg, query_threads, numba):  # [N, D], [B + 1] -> [N, D] (before the output bias)
     qkv = matmul(x, lw.qkv_w, query_threads)  # [N, 3D]: Q | K | V in one matmul
     qkv += lw.qkv_b
-    ctx = attention_packed(qkv, offsets, cfg.n_heads, np.empty_like(x))  # [N, D], heads side by side
+    ctx = attention_packed(qkv, offsets, cfg.n_heads, np.empty_like(x), numba)  # [N, D], heads side by side
     return matmul(ctx, lw.attn_out_w, query_threads)
 
 
-def feed_forward(x, lw, cfg, query_threads):  # [N, D] -> [N, D] (before the output bias)
-    h = bias_act(matmul(x, lw.ffn_in_w, query_threads), lw.ffn_in_b, ACTIVATIONS[cfg.activation])  # [N, F]
+def feed_forward(x, lw, cfg, query_threads, numba):  # [N, D] -> [N, D] (before the output bias)
+    activation = bias_act if numba else bias_act_numpy
+    h = activation(matmul(x, lw.ffn_in_w, query_threads), lw.ffn_in_b, ACTIVATIONS[cfg.activation])  # [N, F]
     return matmul(h, lw.ffn_out_w, query_threads)
 
 
-def encoder_block(x, offsets, lw, cfg, query_threads):  # [N, D], [B + 1] -> [N, D]
+def encoder_block(x, offsets, lw, cfg, query_threads, numba):  # [N, D], [B + 1] -> [N, D]
     eps = cfg.layer_norm_eps
-    a = self_attention(x, offsets, lw, cfg, query_threads)
-    x = residual_layer_norm(a, lw.attn_out_b, x, lw.attn_ln_g, lw.attn_ln_b, eps, x)
-    f = feed_forward(x, lw, cfg, query_threads)
-    x = residual_layer_norm(f, lw.ffn_out_b, x, lw.ffn_ln_g, lw.ffn_ln_b, eps, x)
+    a = self_attention(x, offsets, lw, cfg, query_threads, numba)
+    x = layer_norm(a, lw.attn_out_b, x, lw.attn_ln_g, lw.attn_ln_b, eps, x, numba)
+    f = feed_forward(x, lw, cfg, query_threads, numba)
+    x = layer_norm(f, lw.ffn_out_b, x, lw.ffn_ln_g, lw.ffn_ln_b, eps, x, numba)
     return x
 
 
-def encode_packed(ids, offsets, w, cfg, all_layers=False, query_threads=0):  # [N], [B + 1] -> [N, D] (or L + 1 of them)
-    """``query_threads``: 0 for a batch (BLAS); for one short text, the threads its matmuls split over."""
-    x = embed(ids, offsets, w, cfg)
+def encode_packed(ids, offsets, w, cfg, all_layers=False, query_threads=0, numba=True):  # [N], [B + 1] -> [N, D] (or L + 1 of them)
+    """``query_threads``: 0 for a batch (BLAS); for one short text, the threads its matmuls split
+    over (Numba's streaming kernel). ``numba=False``: NumPy only (then query_threads must be 0)."""
+    if query_threads and not numba:
+        raise ValueError("encode_packed: query_threads needs Numba's streaming kernel; pass 0 with numba=False")
+    x = embed(ids, offsets, w, cfg, numba)
     states = [x.copy()] if all_layers else None
     for lw in w.layers:
-        x = encoder_block(x, offsets, lw, cfg, query_threads)  # updates x in place
+        x = encoder_block(x, offsets, lw, cfg, query_threads, numba)  # updates x in place
         if all_layers:
             states.append(x.copy())
     return states if all_layers else x

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from minibert.kernels import pool
+from minibert.kernels import pool, pool_numpy
 
-from . import threads, util
+from . import startup, threads, util
 from .config import load_config
 from .encoder import SMALL_ROWS, encode_packed
 from .errors import CheckpointError, MinibertError, read_json
@@ -108,11 +108,11 @@ class SentenceEncoder:
             raise ValueError(f"{where}[{bad[0]}] = {a[bad[0]]} is not a token id (vocabulary has {self.config.vocab_size})")
         return a.astype(np.int64)
 
-    def _run(self, batch_ids, all_layers=False, query_threads=0):  # list of [n_i] -> packed [N, D] (or L + 1 of them), [B + 1]
+    def _run(self, batch_ids, all_layers=False, query_threads=0, numba=True):  # list of [n_i] -> packed [N, D] (or L + 1 of them), [B + 1]
         offsets = np.zeros(len(batch_ids) + 1, dtype=np.int64)
         offsets[1:] = np.cumsum([len(x) for x in batch_ids])
         flat = np.concatenate(batch_ids)
-        return encode_packed(flat, offsets, self.weights, self.config, all_layers, query_threads), offsets
+        return encode_packed(flat, offsets, self.weights, self.config, all_layers, query_threads, numba), offsets
 
     def hidden_states(self, input_ids):  # list of [n_i] id sequences -> list of [L + 1, n_i, D]
         """Every layer's output (embeddings first) for each given token-id sequence, no pooling."""
@@ -121,11 +121,13 @@ class SentenceEncoder:
         seqs = [self._check_ids(x, f"input_ids[{i}]") for i, x in enumerate(input_ids)]
         if not seqs:
             return []
-        if len(seqs) == 1 and len(seqs[0]) <= SMALL_ROWS:  # computed as encode computes a query
-            with threads.plan(1, True) as (_, query_threads):
-                states, offsets = self._run(seqs, all_layers=True, query_threads=query_threads)
-        else:
-            states, offsets = self._run(seqs, all_layers=True)
+        numba = startup.use_numba(sum(map(len, seqs)))
+        with startup.timed(numba):
+            if numba and len(seqs) == 1 and len(seqs[0]) <= SMALL_ROWS:  # computed as encode computes a query
+                with threads.plan(1, True) as (_, query_threads):
+                    states, offsets = self._run(seqs, all_layers=True, query_threads=query_threads)
+            else:
+                states, offsets = self._run(seqs, all_layers=True, numba=numba)
         stacked = np.stack(states)  # [L + 1, N, D]
         return [stacked[:, offsets[b]:offsets[b + 1]] for b in range(len(seqs))]
 
@@ -149,21 +151,22 @@ class SentenceEncoder:
             from tqdm.auto import tqdm
 
             starts = tqdm(starts, desc="Batches", unit="batch")
-        short = max(map(len, ids), default=0) <= SMALL_ROWS
-        with threads.plan(len(ids), short) as (workers, query_threads):
+        numba = startup.use_numba(sum(map(len, ids)))  # a short call may run without Numba (startup.py)
+        short = numba and max(map(len, ids), default=0) <= SMALL_ROWS  # the streaming kernel is Numba's
+        with startup.timed(numba), threads.plan(len(ids), short) as (workers, query_threads):
             for start in starts:
                 idx = order[start:start + batch_size]
                 # Texts dealt out in turn, there and back (longest first: 0 1 1 0 0 1 ...), so
                 # the shares have about as many tokens. Nothing is padded, so a text's result
                 # does not depend on which share it lands in.
                 shares = _deal(idx, min(workers, len(idx)))
-                run = lambda share: self._run([ids[i] for i in share], query_threads=query_threads)  # noqa: E731
+                run = lambda share: self._run([ids[i] for i in share], query_threads=query_threads, numba=numba)  # noqa: E731
                 outputs = threads.map_shares(run, shares)
                 for share, (h, offsets) in zip(shares, outputs):
-                    self._collect(share, h, offsets, results, tokens, normalize_embeddings)
+                    self._collect(share, h, offsets, results, tokens, normalize_embeddings, numba)
         return results[0] if single else results
 
-    def _collect(self, idx, h, offsets, results, tokens, normalize_embeddings):  # packed outputs -> per text
+    def _collect(self, idx, h, offsets, results, tokens, normalize_embeddings, numba):  # packed outputs -> per text
         bad = np.flatnonzero(~np.isfinite(h).all(axis=1))
         if bad.size:  # NaN/inf weights (or an fp16 overflow) must never become a silent embedding
             text = idx[int(np.searchsorted(offsets, bad[0], side="right")) - 1]
@@ -174,10 +177,11 @@ class SentenceEncoder:
             for b, i in enumerate(idx):
                 results[i] = h[offsets[b]:offsets[b + 1]].copy()
         else:
-            results[idx] = self.pool(h, offsets, normalize_embeddings)
+            results[idx] = self.pool(h, offsets, normalize_embeddings, numba)
 
-    def pool(self, h, offsets, normalize_embeddings=False):  # [N, D], [B + 1] -> [B, dim]
-        pooled = np.concatenate([pool(h, offsets, mode) for mode in self.pooling_modes], axis=1)
+    def pool(self, h, offsets, normalize_embeddings=False, numba=True):  # [N, D], [B + 1] -> [B, dim]
+        pool_texts = pool if numba else pool_numpy
+        pooled = np.concatenate([pool_texts(h, offsets, mode) for mode in self.pooling_modes], axis=1)
         if self.normalize or normalize_embeddings:
             pooled = util.normalize_embeddings(pooled).astype(self.dtype)
         return pooled

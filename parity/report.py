@@ -48,7 +48,10 @@ def format_report(r):  # report dict -> readable table
               f" torch {o['torch_max_abs']:.2e} abs / {o['torch_max_rel']:.2e} rel -> closer: {o['closer']}",
               f"one per call minibert {e['one_at_a_time']['minibert_max_rel']:.2e} rel from float64"
               f" ({e['one_at_a_time']['vs_batched_max_rel']:.2e} from its batched result)"
-              f"  {'ok' if e['one_at_a_time']['pass'] else 'FAIL'}", ""]
+              f"  {'ok' if e['one_at_a_time']['pass'] else 'FAIL'}",
+              f"NumPy path  minibert {e['numpy_path']['minibert_max_rel']:.2e} rel from float64"
+              f" ({e['numpy_path']['vs_numba_max_rel']:.2e} from the Numba path; {e['numpy_path']['texts_identical']}"
+              f" of {r['texts']} texts the same bits)  {'ok' if e['numpy_path']['pass'] else 'FAIL'}", ""]
     if r["pass"]:
         rule = ("minibert within 1e-12 relative of float64 transformers" if r["dtype"] == "float64" else
                 "minibert's error from float64 <= 2 x torch fp32's + 2.4e-7, at every layer and the embedding")

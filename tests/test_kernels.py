@@ -1,8 +1,9 @@
 """Each Numba kernel against its NumPy twin, on random shapes.
 
 Tolerances: float64 agrees to 1e-12 relative (only summation order differs); float32 to 2e-6
-relative, a few fp32 ulps of the values involved (the kernels accumulate in float64, the twins
-in the array's dtype, so the fp32 twin is the less exact of the two).
+relative, a few fp32 ulps of the values involved (the kernels accumulate in float64, most twins
+in the array's dtype, so the fp32 twin is the less exact of the two). The NumPy mirrors that run
+before Numba starts are held to the kernels' own bits (at the end of this file).
 """
 
 import numpy as np
@@ -305,3 +306,88 @@ def test_matmul_rows_checks_shapes():
     for blocks in ([0, 3], [1, 4], [0, 2, 2, 4], [0]):
         with pytest.raises(ValueError, match="blocks"):
             matmul_rows(x, w, np.array(blocks, dtype=np.int64))
+
+# ---------------------------------------------------------------- NumPy mirrors: the kernels' bits
+# Before Numba starts, minibert runs each kernel's NumPy mirror (minibert/startup.py). A mirror
+# takes the kernel's own float64 steps and rounds once, so in float32 the two differ only where
+# their float64 values (apart by ~1e-16: fused multiply-adds, summation order) straddle a rounding
+# boundary: measured 0 of 1.1 x 10^6 values below (2 of 6 x 10^6 GELU values in a larger sample);
+# allowed: one ulp, in at most 1e-5 of the values.
+# float64 results are not rounded any further, so there they differ by those ~1e-16 themselves:
+# allowed 4 ulps of the largest value. So does GELU's tanh form in float32, where 1 + tanh(z)
+# cancels for negative inputs and magnifies libm's and NumPy's last-bit differences in tanh.
+
+
+def assert_mirror(mirror, kernel, same_bits):
+    assert mirror.dtype == kernel.dtype and mirror.shape == kernel.shape
+    same = (mirror == kernel) | (np.isnan(mirror) & np.isnan(kernel))
+    if not same_bits:
+        assert (np.abs(mirror[~same].astype(np.float64) - kernel[~same]) <= 4 * np.spacing(np.abs(kernel).max())).all()
+        return
+    off = np.abs(mirror[~same].astype(np.float64) - kernel[~same]) / np.spacing(np.abs(kernel[~same]))
+    assert off.size <= 1e-5 * mirror.size and (off <= 1).all(), f"{off.size} of {mirror.size} values differ, by up to {off.max()} ulp"
+
+
+@pytest.mark.parametrize("act", sorted(ACTIVATIONS))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bias_act_numpy_gives_the_kernels_bits(act, dtype):
+    from minibert.kernels import bias_act_numpy
+    rng = np.random.default_rng(1)
+    h = (rng.standard_normal((200, 1536)) * rng.choice([0.3, 2, 6], size=(200, 1))).astype(dtype)
+    h[0, :6] = [0.0, -0.0, 4.5 * 2**0.5, -2 * 2**0.5, 40.0, -40.0]  # the erf fit's seams and tails
+    b = rng.standard_normal(1536).astype(dtype)
+    assert_mirror(bias_act_numpy(h.copy(), b, ACTIVATIONS[act]), bias_act(h.copy(), b, ACTIVATIONS[act]),
+                  same_bits=dtype == np.float32 and act != "gelu_tanh")
+    with pytest.raises(ValueError, match="unknown activation code 7"):
+        bias_act_numpy(h.copy(), b, 7)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softmax_rows_numpy_gives_the_kernels_bits(dtype):
+    from minibert.kernels import softmax_rows, softmax_rows_numpy
+    rng = np.random.default_rng(2)
+    for t in (1, 7, 64, 300):
+        s = (rng.standard_normal((400, t)) * rng.choice([1, 5, 30], size=(400, 1))).astype(dtype)
+        exact = dtype == np.float64
+        assert_mirror(softmax_rows_numpy(s.copy(), 0.125, exact), softmax_rows(s.copy(), 0.125, exact),
+                      same_bits=dtype == np.float32)
+
+
+def test_softmax_rows_numpy_specials():
+    from minibert.kernels import softmax_rows_numpy
+    for exact, dtype in ((False, np.float32), (True, np.float32), (True, np.float64)):
+        x = np.array([[1, np.nan, 2], [np.inf, 1, 2], [-np.inf, 0, 1], [-1e4, 0, 1]], dtype)
+        out = softmax_rows_numpy(x, 1.0, exact)
+        assert np.isnan(out[:2]).all()
+        assert (out[2:, 0] == 0).all()
+        np.testing.assert_allclose(out[2:], [[0, 0.2689414213699951, 0.7310585786300049]] * 2, rtol=1e-7)
+
+
+def test_exp_and_erf_mirrors_against_libm_and_kernels():
+    import math
+    from minibert.kernels.activations import erf_fast, erf_fast_numpy
+    from minibert.kernels.attention import exp_shifted, exp_shifted_numpy
+    x = -np.linspace(0, 100, 200001)
+    got = exp_shifted_numpy(x)
+    assert (np.abs(got - np.exp(x)) <= 1e-11 * np.exp(x) + 2e-35).all() and (got[x < -80] == 0).all()
+    # r = y - n ln2 is one fused multiply-add in the kernel, two roundings here: up to |n| x 1.1e-16
+    np.testing.assert_allclose(got, exp_shifted(x, 0.0, 1.0, np.empty_like(x)), rtol=2e-14, atol=0)
+    z = np.linspace(-6, 6, 24001)
+    erf = erf_fast_numpy(z)
+    assert np.abs(erf - np.array([math.erf(v) for v in z])).max() < 2e-10  # the fit, and the clamp at 4.5
+    assert max(abs(erf[i] - erf_fast(z[i])) for i in range(0, len(z), 97)) <= 4e-16
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_layer_norm_and_pool_twins_give_the_kernels_bits(dtype):
+    rng = np.random.default_rng(3)
+    x, r = (rng.standard_normal((2, 500, 768)) * 2).astype(dtype)
+    bias, gamma, beta = rng.standard_normal((3, 768)).astype(dtype)
+    assert_mirror(residual_layer_norm_ref(x, bias, r, gamma, beta, 1e-12),
+                  residual_layer_norm(x, bias, r, gamma, beta, 1e-12, np.empty_like(x)), same_bits=dtype == np.float32)
+    from minibert.kernels import pool_numpy
+    lengths = [1, 2, 30, 128, 7, 300]
+    packed = (rng.standard_normal((sum(lengths), 384)) * 3).astype(dtype)
+    offsets = np.cumsum([0] + lengths).astype(np.int64)
+    for mode in POOLING_MODES:  # the same sums in the same order: the same bits, float64 too
+        np.testing.assert_array_equal(pool_numpy(packed, offsets, mode), pool(packed, offsets, mode), err_msg=mode)

