@@ -113,9 +113,10 @@ def load_model(args):
     import minibert
 
     model = minibert.load(args.model, dtype=args.dtype)
-    # This process is ours and short-lived: keep the ~100k objects Numba and the imports created out
-    # of every later garbage collection, the one at exit included, which otherwise walks and frees
-    # them all (~0.15 s of a ~0.6 s run). A library must not do this to its caller; a CLI may.
+    # This process is ours and short-lived: keep the objects the imports created out of every later
+    # garbage collection, the one at exit included, which otherwise walks and frees them all. Numba
+    # makes ~100k more when a batch starts it (~0.15 s at exit): frozen again after encoding. A
+    # library must not do this to its caller; a CLI may.
     gc.freeze()
     if not args.quiet:
         print(f"minibert: {model.config.arch} model from {model.source}", file=sys.stderr)
@@ -144,6 +145,7 @@ def cmd_embed(args):
     model = load_model(args)
     emb = model.encode(texts, batch_size=args.batch_size, normalize_embeddings=args.normalize,
                        show_progress_bar=show_progress(args, len(texts), args.batch_size))
+    gc.freeze()  # Numba's objects too, if this call started it (see load_model)
     if args.output:
         save_embeddings(args.output, texts, emb)
         if not args.quiet:
@@ -189,6 +191,7 @@ def cmd_search(args):
             emb = None
     if emb is None:
         emb = model.encode(docs, batch_size=args.batch_size, show_progress_bar=show_progress(args, len(docs), args.batch_size))
+        gc.freeze()  # Numba's objects too, if this call started it (see load_model)
         try:
             write_atomically(cache, lambda tmp: np.save(open(tmp, "wb"), emb))
         except OSError as e:
