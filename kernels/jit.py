@@ -32,12 +32,12 @@ class Declared:
         _declared.append(self)
 
     def __call__(self, *args, **kwargs):
-        if self.compiled is None:
+        if not _started:  # not ``self.compiled``: it is set before the module names are rebound
             start()
         return self.compiled(*args, **kwargs)
 
     def __repr__(self):
-        state = "started" if self.compiled is not None else "Numba not started yet"
+        state = "started" if _started else "Numba not started yet"
         return f"<kernel {self.__module__}.{self.__qualname__} ({state})>"
 
 
