@@ -100,6 +100,7 @@ float32_bits = _bitcast("float32", "int32")  # float32 -> int32 with the same 32
 float32_from_bits = _bitcast("int32", "float32")
 float64_from_bits = _bitcast("int64", "float64")
 
+
 # The flags of the softmax kernel it is inlined into, so that its tests test what runs.
 @njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "contract"}, inline="always")
 def exp_shifted(row, best, scale, out):  # [T], float, float, [T] float64 -> [T] float64

@@ -79,7 +79,7 @@ def start():
         for kernel in _declared:  # then every module global naming a placeholder names the real thing
             module_globals = kernel.py_func.__globals__
             for name, value in list(module_globals.items()):
-                if isinstance(value, Declared) and value.compiled is not None:
+                if isinstance(value, Declared):
                     module_globals[name] = value.compiled
                 elif value is prange:
                     module_globals[name] = numba.prange
