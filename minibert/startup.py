@@ -6,16 +6,16 @@ one query and exits would spend most of its life on it. So a process starts on t
 versions of the kernels (kernels/jit.py; the matmuls are BLAS either way) and starts Numba at the
 first call that makes it worth it:
 
-- a call of more than ``NUMPY_CALL_TOKENS`` tokens (a batch: NumPy's float64 GELU and softmax
-  would cost more than Numba's start), or
+- a call of more than ``NUMPY_CALL_TOKENS`` tokens (a batch: 3-4x slower on NumPy, whose float64
+  GELU and softmax are many passes over memory, so Numba's start pays for itself within a few), or
 - once short calls have spent ``NUMPY_SECONDS`` in total on NumPy, about what Numba's start
-  costs. (Renting skis until the rent paid equals the price never costs more than twice what
-  knowing the future would: a process of many queries pays at most that twice.)
+  costs. (Renting skis until the rent paid equals the price is never worse than twice the best
+  choice made knowing the future: here, knowing how many queries the process will see.)
 
 The two paths give the same float32 bits but for rare elements: each NumPy mirror takes the
 kernel's own float64 steps and rounds once, so a float32 result can only differ where the float64
 values (which differ by ~1e-16: fused multiply-adds, summation order) straddle a rounding
-boundary. tests/test_api.py holds them to that.
+boundary. tests/test_kernels.py (op by op) and tests/test_startup.py (whole models) hold them to it.
 
 ``MINIBERT_NUMBA=1`` starts Numba at the first call; ``MINIBERT_NUMBA=0`` never does (every call
 on NumPy, whatever its size: slower, but no JIT at all).
