@@ -71,8 +71,13 @@ def start():
     with _lock:
         if _started:
             return
-        import numba
-        import numba.extending  # noqa: F401
+        try:
+            import numba
+            import numba.extending  # noqa: F401
+        except ImportError as e:  # numba is a dependency, but wheels can lag a new Python
+            raise ImportError(f"minibert's kernels need Numba, which could not be imported ({e}). Install it "
+                              "(pip install numba), or set MINIBERT_NUMBA=0 to run every call on NumPy "
+                              "(the same results; 3-4x slower on batches)") from e
 
         for kernel in _declared:
             kernel.compiled = kernel._make(numba)  # a dispatcher: it compiles (or loads) at first call

@@ -116,3 +116,20 @@ def test_declared_kernels_start_numba_when_called():
     assert isinstance(residual_layer_norm, jit.Declared) and "(started)" in repr(residual_layer_norm)
     # the kernel module's own name now holds the Numba function, so kernels calling it compile against it
     assert type(layer_norm.residual_layer_norm).__module__.startswith("numba")
+
+
+def test_without_numba_a_clear_error_and_numpy_only_still_works(minilm_dir):
+    code = """
+import sys
+sys.modules["numba"] = None  # as if Numba could not be imported
+import minibert
+m = minibert.load(sys.argv[1])
+m.encode("a short call needs no Numba")
+try:
+    m.encode(["a text of a good many words " * 20] * 4)
+except ImportError as e:
+    print(e)
+"""
+    out = run_fresh(code, minilm_dir)
+    assert "need Numba, which could not be imported" in out and "MINIBERT_NUMBA=0" in out
+    assert run_fresh(code, minilm_dir, numba="0").strip() == ""  # NumPy only: every call works
