@@ -243,15 +243,10 @@ def bench_model(label, model_dir, texts, repeats, query):
         rows["minibert"]["cold_cache_start_s"] = cold_start("minibert, Numba from the first call", model_dir,
                                                             {"NUMBA_CACHE_DIR": cache}, runs=1)[0]
     # One query on the path a process takes before Numba has started (NumPy mirrors of the kernels).
-    saved = os.environ.get("MINIBERT_NUMBA")
-    os.environ["MINIBERT_NUMBA"] = "0"
-    try:
+    from minibert import startup
+
+    with startup.forced(False):
         rows["minibert"]["query_numpy_ms"] = 1000 * latency(mb, query)
-    finally:
-        if saved is None:
-            del os.environ["MINIBERT_NUMBA"]
-        else:
-            os.environ["MINIBERT_NUMBA"] = saved
     return {"model": label, "dir": str(model_dir), "texts": len(texts), "tokens": n_tok, "weights_mib": weights,
             "flops": flops, "engines": rows}
 

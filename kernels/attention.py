@@ -212,6 +212,7 @@ def attention_packed(qkv, offsets, n_heads, out, numba=True):  # [N, 3D], [B + 1
                          f"(results are written through views of it), got shape {out.shape}")
     lengths = np.diff(offsets)
     exact = qkv.dtype == np.float64
+    softmax = softmax_rows if numba else softmax_rows_numpy
     b = 0
     while b < len(lengths):
         t, e = int(lengths[b]), b
@@ -232,7 +233,7 @@ def attention_packed(qkv, offsets, n_heads, out, numba=True):  # [N, 3D], [B + 1
         for h in range(0, n_heads, step):
             heads = slice(h, h + step)
             scores = q[:, heads] @ k_t[:, heads]  # [G, h, T, T]
-            (softmax_rows if numba else softmax_rows_numpy)(scores.reshape(-1, t), 1.0 / math.sqrt(dh), exact)
+            softmax(scores.reshape(-1, t), 1.0 / math.sqrt(dh), exact)
             np.matmul(scores, v[:, heads], out=o[:, heads])  # straight into out: heads side by side
         b = e
     return out
