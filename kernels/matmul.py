@@ -34,6 +34,10 @@ import numpy as np
 from .jit import njit, prange
 
 PANEL = 1024  # columns of W per pass: M x PANEL of ``out`` and 4 x PANEL of W fit in L1/L2 at M ~ 10
+# Row 0 as a typed integer, not a literal 0: Numba types a literal argument as Literal[int](0) and
+# compiles matmul_rows_into once more for it; with the parallel function that cost ~2 s of a first
+# run with an empty Numba cache (4.5-4.8 -> 2.6-2.7 s to compile matmul_rows_split).
+FIRST_ROW = np.int64(0)
 
 # ---------------------------------------------------------------- NumPy twin (the math)
 
@@ -120,7 +124,7 @@ def matmul_rows(x, w, blocks):  # [M, K], [K, N], [n_blocks + 1] -> [M, N], on t
     m = x.shape[0]
     partial = np.empty((len(blocks) - 1, m, w.shape[1]), dtype=x.dtype)
     for b in range(len(blocks) - 1):
-        matmul_rows_into(x, w, partial[b], blocks[b], blocks[b + 1], 0, m)
+        matmul_rows_into(x, w, partial[b], blocks[b], blocks[b + 1], FIRST_ROW, m)
     return add_blocks(partial)
 
 
@@ -139,7 +143,7 @@ def blocks_over_threads(x, w, blocks, threads, partial):  # partial [n_blocks, M
     whole = n_blocks - n_blocks % threads
     for t in prange(threads):
         for b in range(t, whole, threads):
-            matmul_rows_into(x, w, partial[b], blocks[b], blocks[b + 1], 0, m)
+            matmul_rows_into(x, w, partial[b], blocks[b], blocks[b + 1], FIRST_ROW, m)
         r0, r1 = row_share(m, t, threads)
         for b in range(whole, n_blocks):
             matmul_rows_into(x, w, partial[b], blocks[b], blocks[b + 1], r0, r1)

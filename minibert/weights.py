@@ -195,7 +195,7 @@ def load_encoder_weights(path, cfg, dtype):  # Path, EncoderConfig, np.dtype -> 
     D, F = cfg.dim, cfg.ffn_dim
     if cfg.arch == "bert":
         types = find.get("embeddings.token_type_embeddings.weight", (cfg.type_vocab_size, D))
-        token_type = np.ascontiguousarray(types[0])
+        token_type = np.array(types[0])  # an own writable copy, as find.get gives every vector
     else:
         token_type = np.zeros(D, dtype=dtype)
     names = _LAYER_NAMES[cfg.arch]

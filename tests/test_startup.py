@@ -133,3 +133,32 @@ except ImportError as e:
     out = run_fresh(code, minilm_dir)
     assert "need Numba, which could not be imported" in out and "MINIBERT_NUMBA=0" in out
     assert run_fresh(code, minilm_dir, numba="0").strip() == ""  # NumPy only: every call works
+
+
+def test_an_empty_numba_cache_compiles_each_kernel_once(model_dirs, tmp_path):
+    # A first run compiles every kernel; a second signature of the same kernel is seconds of start-up
+    # spent on the same machine code. Two such were found and fixed: a literal row index 0 typed as
+    # Literal[int](0) (matmul_rows_into twice, ~2 s with the parallel function that calls it), and a
+    # read-only token-type row beside writable vectors (residual_layer_norm twice, ~0.3 s).
+    code = """
+import os, sys, minibert
+from minibert.kernels import jit
+for d in sys.argv[1:]:  # BERT fp32, BERT fp16 on disk, DistilBERT: every weight layout a target model has
+    m = minibert.load(d)
+    m.encode(["hi there"])  # a query: the streaming matmul kernels
+    m.encode(["a text of a good many words " * 4] * 3)  # a batch: BLAS and the per-token kernels
+os.environ["MINIBERT_NUM_THREADS"] = "1"
+m.encode(["hi there"])  # a query on one thread: matmul_rows, on the same matmul_rows_into
+for k in jit._declared:
+    overloads = getattr(k.compiled, "overloads", {})
+    print(k.__name__, len(overloads))
+"""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path), "MINIBERT_NUMBA": "1", "MINIBERT_NUM_THREADS": "2"}
+    p = subprocess.run([sys.executable, "-c", code, *map(str, model_dirs.values())], cwd=ROOT, env=env,
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-3000:]
+    compiled = {name: int(n) for name, n in (line.split() for line in p.stdout.splitlines())}
+    assert {name: n for name, n in compiled.items() if n > 1} == {}
+    for kernel in ("matmul_rows_into", "matmul_rows", "matmul_rows_split", "residual_layer_norm", "softmax_rows_fast", "_bias_act",
+                   "_pool_packed"):
+        assert compiled[kernel] == 1, (kernel, compiled)  # each of these ran, so it compiled: the test saw it
