@@ -193,3 +193,24 @@ def test_nan_weights_never_give_a_silent_embedding(tmp_path):
     m = minibert.load(write_model(tmp_path / "m", tensors=t))
     with pytest.raises(minibert.MinibertError, match="text 0 is not finite"):
         m.encode(["hello"])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("arch", ["bert", "distilbert"])
+def test_matrices_are_exact_transposed_copies(tmp_path, arch, dtype):
+    # Widths that are not multiples of the transposing copy's 16 (float32) or 8 (float64) columns
+    # per pass, so that every tensor ends in a partial pass and Q | K | V share the fused matrix.
+    spec = tiny_spec(arch=arch, dim=36, heads=4, ffn=70)
+    t = standin_tensors(spec)
+    w = minibert.load(write_model(tmp_path / "m", spec=spec, tensors=t), dtype=dtype).weights
+    names = {"bert": ("encoder.layer.{i}.", "attention.self.query", "attention.self.key", "attention.self.value",
+                      "attention.output.dense", "intermediate.dense", "output.dense"),
+             "distilbert": ("transformer.layer.{i}.", "attention.q_lin", "attention.k_lin", "attention.v_lin",
+                            "attention.out_lin", "ffn.lin1", "ffn.lin2")}[arch]
+    for i, lw in enumerate(w.layers):
+        p = names[0].format(i=i)
+        want_qkv = np.concatenate([t[p + n + ".weight"].T for n in names[1:4]], axis=1)
+        for got, want in [(lw.qkv_w, want_qkv), (lw.attn_out_w, t[p + names[4] + ".weight"].T),
+                          (lw.ffn_in_w, t[p + names[5] + ".weight"].T), (lw.ffn_out_w, t[p + names[6] + ".weight"].T)]:
+            assert got.dtype == np.dtype(dtype) and got.flags.c_contiguous
+            np.testing.assert_array_equal(got, want.astype(dtype))
