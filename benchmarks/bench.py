@@ -236,6 +236,9 @@ def bench_model(label, model_dir, texts, repeats, query):
                           "gflops": flops / secs / 1e9, "query_latency_ms": 1000 * latency(eng, query)}
         print(f"  {eng.name:<22} {n_tok / secs:9.0f} tokens/s", file=sys.stderr)
     weights = (Path(model_dir) / "model.safetensors").stat().st_size / 2**20
+    # Let the engines above go idle first: right after them a DistilBERT cold start measured
+    # 0.33-0.51 s, after a 2 s pause 0.31-0.33 s (their thread pools spin for a while after work).
+    time.sleep(2)
     for name in COLD:
         wall, rss = cold_start(name, model_dir)
         rows.setdefault(name, {}).update(cold_start_s=wall, peak_rss_mib=rss)
