@@ -37,7 +37,7 @@ PANEL = 1024  # columns of W per pass: M x PANEL of ``out`` and 4 x PANEL of W f
 
 # Row 0 as a typed integer, not a literal 0: Numba types a literal argument as Literal[int](0) and
 # compiles matmul_rows_into once more for it; with the parallel function that cost ~2 s of a first
-# run with an empty Numba cache (4.5-4.8 -> 2.6-2.7 s to compile matmul_rows_split).
+# run with an empty Numba cache (4.5-4.8 -> 2.5-2.7 s to compile matmul_rows_split).
 FIRST_ROW = np.int64(0)
 
 # ---------------------------------------------------------------- NumPy twin (the math)
