@@ -23,10 +23,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEXTS = [t for group in json.load(open(os.path.join(ROOT, "parity", "texts.json"))).values() for t in group]
 
 
-def run_fresh(code, *args, numba=None):  # run code in a fresh interpreter; MINIBERT_NUMBA as given
+def run_fresh(code, *args, numba=None, **env_vars):  # run code in a fresh interpreter; MINIBERT_NUMBA as given
     env = {k: v for k, v in os.environ.items() if k != "MINIBERT_NUMBA"}
     if numba is not None:
         env["MINIBERT_NUMBA"] = numba
+    env.update(env_vars)
     p = subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr[-3000:]
     return p.stdout
@@ -153,12 +154,9 @@ for k in jit._declared:
     overloads = getattr(k.compiled, "overloads", {})
     print(k.__name__, len(overloads))
 """
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path), "MINIBERT_NUMBA": "1", "MINIBERT_NUM_THREADS": "2"}
-    p = subprocess.run([sys.executable, "-c", code, *map(str, model_dirs.values())], cwd=ROOT, env=env,
-                       capture_output=True, text=True)
-    assert p.returncode == 0, p.stderr[-3000:]
-    compiled = {name: int(n) for name, n in (line.split() for line in p.stdout.splitlines())}
+    out = run_fresh(code, *model_dirs.values(), numba="1", NUMBA_CACHE_DIR=str(tmp_path), MINIBERT_NUM_THREADS="2")
+    compiled = {name: int(n) for name, n in (line.split() for line in out.splitlines())}
     assert {name: n for name, n in compiled.items() if n > 1} == {}
-    for kernel in ("matmul_rows_into", "matmul_rows", "matmul_rows_split", "residual_layer_norm", "softmax_rows_fast", "_bias_act",
-                   "_pool_packed"):
+    for kernel in ("matmul_rows_into", "matmul_rows", "matmul_rows_split", "residual_layer_norm", "softmax_rows_fast",
+                   "_bias_act", "_pool_packed"):
         assert compiled[kernel] == 1, (kernel, compiled)  # each of these ran, so it compiled: the test saw it
