@@ -8,10 +8,15 @@ into cache-sized panels and reuses each panel across many rows of x. With M ~ 10
 call and then uses each copied element only M times. Measured on 2 cores at M = 10: ~70 GFLOP/s
 instead of ~200, and a 10-token query spends 85-90% of its time in these matmuls.
 
-``matmul_rows`` streams W instead, once, in its stored order. For a panel of W's columns it walks
-down W four rows at a time and adds their contribution into two rows of ``out`` at once. The four
-W rows stay in L1 while all M rows of x use them, the ``out`` panel (M x 1,024 floats) stays in
-L1/L2, and the loop over j is contiguous, so LLVM vectorises it.
+``matmul_rows`` streams W instead, once, in its stored order, in sub-blocks of SUB_K rows (W's
+rows are contiguous, so a sub-block is one contiguous stretch of memory). Within a sub-block it
+walks the columns one tile of 4 vectors (64 float32) at a time, and for each group of 4 rows of x
+keeps the 4 x 4 vectors of ``out`` in registers (kernels/simd.py) while it goes down the sub-block's
+k: per k, 4 loads of W and 4 broadcasts of x feed 16 fused multiply-adds. The tile of W (16 KiB at
+most) stays in L1 for the other row groups. While it computes one sub-block it asks for the next
+one, in address order, into L2 (``prefetch_l2``): W comes from memory for a large model (DistilBERT's
+170 MB of layers against a 32 MB L3), and without the hint the core waited for it instead of
+computing meanwhile (NOTES section 15).
 
 Same bits as BLAS. A text's embedding must not depend on whether it was encoded alone (this
 kernel) or in a batch (BLAS); two fp32 summation orders of the same sums differ by ~1e-6 relative
@@ -22,23 +27,26 @@ K blocks, and the block results are added in order:
     acc_b = fma(x[i, k1-1], W[k1-1, j], ... fma(x[i, k0], W[k0, j], 0))     for each block [k0, k1)
     out[i, j] = ((acc_0 + acc_1) + acc_2) + ...
 
+(Storing a running sum between sub-blocks and loading it back is exact, so sub-blocks change nothing.)
 The block boundaries are not guessed: ``blas_k_blocks`` finds them by running NumPy's BLAS and
 this kernel on the same random probe and keeping the first candidate rule that matches bit for
 bit (OpenBLAS's SkylakeX kernels on this machine: blocks of 448 rows of K, the last two halved).
 If none matches (another BLAS, another CPU), it says so and the query takes BLAS. The K blocks
 are independent, so the cores split them (each streams its own part of W); a single block
-(K <= 448), or the blocks left over, are split by rows of x. Any split gives the same bits.
+(K <= 448), or the blocks left over, are split by columns. Any split gives the same bits.
 """
 
 import numpy as np
 from .jit import njit, prange
+from .simd import VECTOR_BYTES, prefetch_l2, vfma, vload, vsplat, vstore, vzero
 
-PANEL = 1024  # columns of W per pass: M x PANEL of ``out`` and 4 x PANEL of W fit in L1/L2 at M ~ 10
+# Column 0 as a typed integer, not a literal 0: Numba types a literal argument as Literal[int](0) and
+# compiles the kernel once more for it; with the parallel function that cost ~2 s of a first run
+# with an empty Numba cache (NOTES section 13).
+FIRST_COLUMN = np.int64(0)
 
-# Row 0 as a typed integer, not a literal 0: Numba types a literal argument as Literal[int](0) and
-# compiles matmul_rows_into once more for it; with the parallel function that cost ~2 s of a first
-# run with an empty Numba cache (4.5-4.8 -> 2.5-2.7 s to compile matmul_rows_split).
-FIRST_ROW = np.int64(0)
+TILE_ROWS = 4  # rows of x per register tile (x is padded with zero rows to a multiple of 4)
+SUB_K = 16  # rows of W per sub-block: 16 was fastest from memory (8-64 tried: NOTES section 15)
 
 # ---------------------------------------------------------------- NumPy twin (the math)
 
@@ -50,53 +58,57 @@ def matmul_ref(x, w):  # [M, K], [K, N] -> [M, N]
 
 
 @njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
-def matmul_rows_into(x, w, out, k0, k1, r0, r1):  # [M, K], [K, N], [M, N], k range, row range -> [M, N]
-    """out[r0:r1] <- x[r0:r1, k0:k1] @ w[k0:k1], each output one FMA chain along k (no reassociation).
-    Row views (1-D, unit stride) keep the loops over columns vectorisable."""
-    n_cols = w.shape[1]
-    for p0 in range(0, n_cols, PANEL):
-        p1 = min(p0 + PANEL, n_cols)
-        n = p1 - p0
-        for i in range(r0, r1):
-            o = out[i, p0:p1]
-            for j in range(n):
-                o[j] = 0.0
-        k = k0
-        while k + 4 <= k1:
-            w0, w1, w2, w3 = w[k, p0:p1], w[k + 1, p0:p1], w[k + 2, p0:p1], w[k + 3, p0:p1]
-            i = r0
-            while i + 2 <= r1:  # two rows of x per pass over the four rows of W
-                a0, b0, c0, d0 = x[i, k], x[i, k + 1], x[i, k + 2], x[i, k + 3]
-                a1, b1, c1, d1 = x[i + 1, k], x[i + 1, k + 1], x[i + 1, k + 2], x[i + 1, k + 3]
-                o0, o1 = out[i, p0:p1], out[i + 1, p0:p1]
-                for j in range(n):
-                    u0, u1, u2, u3 = w0[j], w1[j], w2[j], w3[j]
-                    s0 = o0[j] + a0 * u0  # each line one fused multiply-add, in k order
-                    s1 = o1[j] + a1 * u0
-                    s0 = s0 + b0 * u1
-                    s1 = s1 + b1 * u1
-                    s0 = s0 + c0 * u2
-                    s1 = s1 + c1 * u2
-                    o0[j] = s0 + d0 * u3
-                    o1[j] = s1 + d1 * u3
-                i += 2
-            if i < r1:  # the odd row
-                a0, b0, c0, d0 = x[i, k], x[i, k + 1], x[i, k + 2], x[i, k + 3]
-                o0 = out[i, p0:p1]
-                for j in range(n):
-                    s0 = o0[j] + a0 * w0[j]
-                    s0 = s0 + b0 * w1[j]
-                    s0 = s0 + c0 * w2[j]
-                    o0[j] = s0 + d0 * w3[j]
-            k += 4
-        while k < k1:  # a block length not a multiple of 4
-            w0 = w[k, p0:p1]
-            for i in range(r0, r1):
-                a0 = x[i, k]
-                o0 = out[i, p0:p1]
-                for j in range(n):
-                    o0[j] = o0[j] + a0 * w0[j]
-            k += 1
+def matmul_tiles_into(x, w, out, k0, k1, c0, c1):  # [M4, K], [K, N], [M4, N], k range, column range -> [M4, N]
+    """out[:, c0:c1] <- x[:, k0:k1] @ w[k0:k1, c0:c1], each output one FMA chain along k (no
+    reassociation). M4, the rows of x, is a multiple of TILE_ROWS."""
+    lanes = VECTOR_BYTES // w.itemsize
+    tile = 4 * lanes  # columns per register tile
+    width = c1 - c0
+    whole = c0 + width // tile * tile  # columns in whole tiles; the rest (none in the target models) scalar
+    for i in range(x.shape[0]):  # (loops, not slice assignments: those cost ~3 s of compile time)
+        for j in range(whole, c1):
+            out[i, j] = 0
+    for kk in range(k0, k1, SUB_K):
+        ke = min(kk + SUB_K, k1)
+        ahead = min(ke + SUB_K, k1) - ke  # rows of the next sub-block, fetched while this one is computed
+        pr, pc = 0, c0  # next line to prefetch: row ke + pr, column pc
+        for j in range(c0, whole, tile):
+            for i in range(0, x.shape[0], TILE_ROWS):
+                if kk == k0:
+                    c00 = c01 = c02 = c03 = c10 = c11 = c12 = c13 = vzero(out)
+                    c20 = c21 = c22 = c23 = c30 = c31 = c32 = c33 = vzero(out)
+                else:
+                    c00, c01, c02, c03 = vload(out, i, j), vload(out, i, j + lanes), vload(out, i, j + 2 * lanes), vload(out, i, j + 3 * lanes)
+                    c10, c11, c12, c13 = vload(out, i + 1, j), vload(out, i + 1, j + lanes), vload(out, i + 1, j + 2 * lanes), vload(out, i + 1, j + 3 * lanes)
+                    c20, c21, c22, c23 = vload(out, i + 2, j), vload(out, i + 2, j + lanes), vload(out, i + 2, j + 2 * lanes), vload(out, i + 2, j + 3 * lanes)
+                    c30, c31, c32, c33 = vload(out, i + 3, j), vload(out, i + 3, j + lanes), vload(out, i + 3, j + 2 * lanes), vload(out, i + 3, j + 3 * lanes)
+                for k in range(kk, ke):
+                    if i == 0 and pr < ahead:  # one tile's worth (4 cache lines) of the next sub-block
+                        for line in range(4):
+                            prefetch_l2(w, ke + pr, pc + line * lanes)
+                        pc += tile
+                        if pc >= c1:
+                            pc -= width
+                            pr += 1
+                    w0, w1, w2, w3 = vload(w, k, j), vload(w, k, j + lanes), vload(w, k, j + 2 * lanes), vload(w, k, j + 3 * lanes)
+                    a = vsplat(x[i, k])  # each line: four fused multiply-adds, one row of x, in k order
+                    c00, c01, c02, c03 = vfma(a, w0, c00), vfma(a, w1, c01), vfma(a, w2, c02), vfma(a, w3, c03)
+                    a = vsplat(x[i + 1, k])
+                    c10, c11, c12, c13 = vfma(a, w0, c10), vfma(a, w1, c11), vfma(a, w2, c12), vfma(a, w3, c13)
+                    a = vsplat(x[i + 2, k])
+                    c20, c21, c22, c23 = vfma(a, w0, c20), vfma(a, w1, c21), vfma(a, w2, c22), vfma(a, w3, c23)
+                    a = vsplat(x[i + 3, k])
+                    c30, c31, c32, c33 = vfma(a, w0, c30), vfma(a, w1, c31), vfma(a, w2, c32), vfma(a, w3, c33)
+                vstore(out, i, j, c00), vstore(out, i, j + lanes, c01), vstore(out, i, j + 2 * lanes, c02), vstore(out, i, j + 3 * lanes, c03)
+                vstore(out, i + 1, j, c10), vstore(out, i + 1, j + lanes, c11), vstore(out, i + 1, j + 2 * lanes, c12), vstore(out, i + 1, j + 3 * lanes, c13)
+                vstore(out, i + 2, j, c20), vstore(out, i + 2, j + lanes, c21), vstore(out, i + 2, j + 2 * lanes, c22), vstore(out, i + 2, j + 3 * lanes, c23)
+                vstore(out, i + 3, j, c30), vstore(out, i + 3, j + lanes, c31), vstore(out, i + 3, j + 2 * lanes, c32), vstore(out, i + 3, j + 3 * lanes, c33)
+        for i in range(x.shape[0]):  # columns past the last whole tile: the same chain, one output at a time
+            for j in range(whole, c1):
+                s = out[i, j]
+                for k in range(kk, ke):
+                    s = s + x[i, k] * w[k, j]  # contracted to one fused multiply-add
+                out[i, j] = s
     return out
 
 
@@ -104,6 +116,8 @@ def matmul_rows_into(x, w, out, k0, k1, r0, r1):  # [M, K], [K, N], [M, N], k ra
 def check_blocks(x, w, blocks):  # raise unless blocks = [0, ..., K] cuts x's and w's shared K
     if w.shape[0] != x.shape[1]:
         raise ValueError("matmul_rows: x has a different number of columns than w has rows")
+    if w.strides[1] != w.itemsize:
+        raise ValueError("matmul_rows: w's rows must be contiguous (vector loads); pass np.ascontiguousarray(w)")
     if len(blocks) < 2 or blocks[0] != 0 or blocks[-1] != x.shape[1]:
         raise ValueError("matmul_rows: blocks must run from 0 to K")
     for b in range(len(blocks) - 1):
@@ -112,42 +126,51 @@ def check_blocks(x, w, blocks):  # raise unless blocks = [0, ..., K] cuts x's an
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def add_blocks(partial):  # [n_blocks, M, N] -> [M, N]: ((acc_0 + acc_1) + acc_2) + ..., BLAS's order
+def padded_rows(x):  # [M, K] -> [M4, K]: x and zero rows up to a multiple of TILE_ROWS (their sums are dropped)
+    m = x.shape[0]
+    padded = np.zeros((-(-m // TILE_ROWS) * TILE_ROWS, x.shape[1]), dtype=x.dtype)
+    for i in range(m):
+        for k in range(x.shape[1]):
+            padded[i, k] = x[i, k]
+    return padded
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def add_blocks(partial, m):  # [n_blocks, M4, N], int -> [M, N]: ((acc_0 + acc_1) + acc_2) + ..., BLAS's order
     out = partial[0]
     for b in range(1, partial.shape[0]):
         out += partial[b]
-    return out  # a view of partial[0]: the other blocks are freed with it
+    return out[:m]  # a view of partial[0]: the other blocks are freed with it
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def matmul_rows(x, w, blocks):  # [M, K], [K, N], [n_blocks + 1] -> [M, N], on the calling thread
     check_blocks(x, w, blocks)
-    m = x.shape[0]
-    partial = np.empty((len(blocks) - 1, m, w.shape[1]), dtype=x.dtype)
+    xp = padded_rows(x)
+    partial = np.empty((len(blocks) - 1, xp.shape[0], w.shape[1]), dtype=x.dtype)
     for b in range(len(blocks) - 1):
-        matmul_rows_into(x, w, partial[b], blocks[b], blocks[b + 1], FIRST_ROW, m)
-    return add_blocks(partial)
+        matmul_tiles_into(xp, w, partial[b], blocks[b], blocks[b + 1], FIRST_COLUMN, w.shape[1])
+    return add_blocks(partial, x.shape[0])
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def row_share(m, t, parts):  # rows of x for share t of parts: even cuts, so rows pair up as on one thread
-    step = (-(-m // parts) + 1) // 2 * 2
-    return min(t * step, m), min((t + 1) * step, m)
+def column_share(n, t, parts, tile):  # columns of W for share t of parts: whole register tiles each
+    step = -(-(-(-n // tile)) // parts) * tile
+    return min(t * step, n), min((t + 1) * step, n)
 
 
 @njit(cache=True, nogil=True, error_model="numpy", parallel=True)
-def blocks_over_threads(x, w, blocks, threads, partial):  # partial [n_blocks, M, N] <- each block's sums
+def blocks_over_threads(x, w, blocks, threads, partial):  # partial [n_blocks, M4, N] <- each block's sums
     # Only the prange loop lives in the parallel function: Numba's parallel compilation is slow
     # (seconds), and grows with what it has to analyse.
-    m = x.shape[0]
-    n_blocks = len(blocks) - 1
+    n, n_blocks = w.shape[1], len(blocks) - 1
     whole = n_blocks - n_blocks % threads
     for t in prange(threads):
         for b in range(t, whole, threads):
-            matmul_rows_into(x, w, partial[b], blocks[b], blocks[b + 1], FIRST_ROW, m)
-        r0, r1 = row_share(m, t, threads)
+            matmul_tiles_into(x, w, partial[b], blocks[b], blocks[b + 1], FIRST_COLUMN, n)
+        c0, c1 = column_share(n, t, threads, 4 * VECTOR_BYTES // w.itemsize)
         for b in range(whole, n_blocks):
-            matmul_rows_into(x, w, partial[b], blocks[b], blocks[b + 1], r0, r1)
+            matmul_tiles_into(x, w, partial[b], blocks[b], blocks[b + 1], c0, c1)
     return partial
 
 
@@ -155,10 +178,11 @@ def blocks_over_threads(x, w, blocks, threads, partial):  # partial [n_blocks, M
 def matmul_rows_split(x, w, blocks, threads):  # [M, K], [K, N], [n_blocks + 1], int -> [M, N]
     """The same sums as matmul_rows, dealt to ``threads`` Numba threads: whole K blocks in turn
     (each thread streams its own parts of W), and the blocks left over when they do not divide
-    evenly shared by rows of x, so that no thread waits for another."""
+    evenly shared by columns of W, so that no thread waits for another."""
     check_blocks(x, w, blocks)
-    partial = np.empty((len(blocks) - 1, x.shape[0], w.shape[1]), dtype=x.dtype)
-    return add_blocks(blocks_over_threads(x, w, blocks, max(threads, 1), partial))
+    xp = padded_rows(x)
+    partial = np.empty((len(blocks) - 1, xp.shape[0], w.shape[1]), dtype=x.dtype)
+    return add_blocks(blocks_over_threads(xp, w, blocks, max(threads, 1), partial), x.shape[0])
 
 # ---------------------------------------------------------------- BLAS's summation order
 

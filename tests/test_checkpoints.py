@@ -212,5 +212,6 @@ def test_matrices_are_exact_transposed_copies(tmp_path, arch, dtype):
         want_qkv = np.concatenate([t[p + n + ".weight"].T for n in names[1:4]], axis=1)
         for got, want in [(lw.qkv_w, want_qkv), (lw.attn_out_w, t[p + names[4] + ".weight"].T),
                           (lw.ffn_in_w, t[p + names[5] + ".weight"].T), (lw.ffn_out_w, t[p + names[6] + ".weight"].T)]:
-            assert got.dtype == np.dtype(dtype) and got.flags.c_contiguous
+            assert got.dtype == np.dtype(dtype) and got.flags.c_contiguous and got.flags.writeable
+            assert got.ctypes.data % 64 == 0  # on a cache line: the query kernel's vector loads never straddle two
             np.testing.assert_array_equal(got, want.astype(dtype))

@@ -307,6 +307,34 @@ def test_matmul_rows_checks_shapes():
         with pytest.raises(ValueError, match="blocks"):
             matmul_rows(x, w, np.array(blocks, dtype=np.int64))
 
+# Columns past the last whole register tile (64 float32, 32 float64) take a scalar loop. No target
+# model has such a width (BLAS order is only looked for at multiples of 64), but the kernel takes
+# any W: each output's chain depends on its own column alone, so the scalar columns must equal, bit
+# for bit, the same columns computed inside a tile of a zero-padded W, on any split of the work.
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [1, 17, 100, 200])
+def test_matmul_rows_ragged_columns_sum_as_the_tiles_do(dtype, n):
+    rng = np.random.default_rng(n)
+    k, m = 1000, 7
+    x = rng.standard_normal((m, k)).astype(dtype)
+    padded = np.zeros((k, 256), dtype=dtype)
+    padded[:, :n] = rng.standard_normal((k, n))
+    blocks = k_blocks_rule(k, 448, 4)  # three blocks: two threads split the third by columns
+    want = matmul_rows(x, padded, blocks)[:, :n]
+    for w in (np.ascontiguousarray(padded[:, :n]), padded[:, :n]):  # own rows, and rows of a wider array
+        for got in (matmul_rows(x, w, blocks), *(matmul_rows_split(x, w, blocks, t) for t in (1, 2, 3))):
+            np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(want, x.astype(np.float64) @ padded[:, :n].astype(np.float64),
+                               rtol=1e-4 if dtype == np.float32 else 1e-12, atol=1e-3 if dtype == np.float32 else 1e-10)
+
+
+def test_matmul_rows_refuses_strided_weight_rows():
+    x, w = np.ones((2, 8), np.float32), np.ones((8, 128), np.float32)
+    for call in (matmul_rows, lambda *a: matmul_rows_split(*a, 2)):
+        with pytest.raises(ValueError, match="contiguous"):
+            call(x, w[:, ::2], np.array([0, 8]))
+
+
 # ---------------------------------------------------------------- NumPy mirrors: the kernels' bits
 # Before Numba starts, minibert runs each kernel's NumPy mirror (minibert/startup.py). A mirror
 # takes the kernel's own float64 steps and rounds once, so in float32 the two differ only where

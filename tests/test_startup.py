@@ -138,8 +138,8 @@ except ImportError as e:
 
 def test_an_empty_numba_cache_compiles_each_kernel_once(model_dirs, tmp_path):
     # A first run compiles every kernel; a second signature of the same kernel is seconds of start-up
-    # spent on the same machine code. Two such were found and fixed: a literal row index 0 typed as
-    # Literal[int](0) (matmul_rows_into twice, ~2 s with the parallel function that calls it), and a
+    # spent on the same machine code. Two such were found and fixed: a literal index 0 typed as
+    # Literal[int](0) (the streaming matmul kernel twice, ~2 s with the parallel function that calls it), and a
     # read-only token-type row beside writable vectors (residual_layer_norm twice, ~0.3 s).
     code = """
 import os, sys, minibert
@@ -157,6 +157,6 @@ for k in jit._declared:
     out = run_fresh(code, *model_dirs.values(), numba="1", NUMBA_CACHE_DIR=str(tmp_path), MINIBERT_NUM_THREADS="2")
     compiled = {name: int(n) for name, n in (line.split() for line in out.splitlines())}
     assert {name: n for name, n in compiled.items() if n > 1} == {}
-    for kernel in ("matmul_rows_into", "matmul_rows", "matmul_rows_split", "residual_layer_norm", "softmax_rows_fast",
+    for kernel in ("matmul_tiles_into", "matmul_rows", "matmul_rows_split", "residual_layer_norm", "softmax_rows_fast",
                    "_bias_act", "_pool_packed"):
         assert compiled[kernel] == 1, (kernel, compiled)  # each of these ran, so it compiled: the test saw it

@@ -1,0 +1,159 @@
+"""512-bit vectors for Numba kernels: what lets a matmul keep its running sums in registers.
+
+Numba has no vector type. LLVM vectorises loops over contiguous elements, which is enough for
+elementwise kernels, but a matmul's speed comes from keeping a tile of ``out`` in registers while
+it walks down K (each loaded W value used by several rows of x, each output loaded and stored once
+per tile instead of once per k). Written as a loop, the tile lives in memory, and LLVM does not lift
+it out. So these intrinsics give Numba code a value that *is* one register:
+
+    v = vload(a, i, j)           a[i, j : j + L]                     (L = LANES[dtype] elements)
+    vstore(a, i, j, v)           a[i, j : j + L] <- v
+    v = vsplat(s)                [s, s, ..., s]
+    v = vzero(a)                 [0, 0, ..., 0] of a's dtype
+    v = vfma(a, b, c)            a * b + c in each lane, one rounding (a fused multiply-add)
+    prefetch_l2(a, i, j)         a hint: start loading the cache line of a[i, j] into L2
+
+A vector is 64 bytes: 16 float32 or 8 float64, one AVX-512 register (where a CPU has only 256-bit
+registers LLVM splits each into two: the same results, with fewer registers to hold them).
+``vload``/``vstore`` assume a row's elements are adjacent (unit stride), which the caller checks.
+"""
+
+from .jit import intrinsic
+
+VECTOR_BYTES = 64
+LANES = {"float32": 16, "float64": 8}  # elements per vector
+
+_vector_types = {}  # dtype name -> Numba type, made once Numba has started (kernels/jit.py)
+
+
+def vector_of(dtype):  # Numba scalar type (float32 or float64) -> the Numba type of its 64-byte vector
+    name = str(dtype)
+    if name not in LANES:
+        return None
+    if name not in _vector_types:
+        from llvmlite import ir
+        from numba import types
+        from numba.extending import models, register_model
+
+        class Vector(types.Type):
+            def __init__(self):
+                super().__init__(name=f"{name}x{LANES[name]}")
+
+        element = ir.FloatType() if name == "float32" else ir.DoubleType()
+        llvm_type = ir.VectorType(element, LANES[name])
+
+        @register_model(Vector)
+        class VectorModel(models.PrimitiveModel):  # a value held as LLVM's <L x float>, i.e. in a register
+            def __init__(self, dmm, fe_type):
+                super().__init__(dmm, fe_type, llvm_type)
+
+        vector = Vector()
+        vector.element, vector.llvm_type = dtype, llvm_type
+        _vector_types[name] = vector
+    return _vector_types[name]
+
+
+def _element_pointer(context, builder, array_type, array, i, j):  # &a[i, j] (no bounds check)
+    from numba.core import cgutils
+
+    a = context.make_array(array_type)(context, builder, array)
+    return cgutils.get_item_pointer2(context, builder, data=a.data, shape=cgutils.unpack_tuple(builder, a.shape),
+                                     strides=cgutils.unpack_tuple(builder, a.strides), layout=array_type.layout,
+                                     inds=[i, j], wraparound=False)
+
+
+def _is_matrix(a):
+    from numba import types
+
+    return isinstance(a, types.Array) and a.ndim == 2 and vector_of(a.dtype) is not None
+
+
+@intrinsic
+def vload(typingctx, a, i, j):  # [R, C], int, int -> vector a[i, j : j + L]
+    if not _is_matrix(a):
+        return None
+    vector = vector_of(a.dtype)
+
+    def codegen(context, builder, sig, args):
+        p = _element_pointer(context, builder, sig.args[0], *args)
+        return builder.load(builder.bitcast(p, vector.llvm_type.as_pointer()), align=a.dtype.bitwidth // 8)
+    return vector(a, i, j), codegen
+
+
+@intrinsic
+def vstore(typingctx, a, i, j, v):  # [R, C], int, int, vector -> a[i, j : j + L] <- v
+    from numba import types
+
+    if not _is_matrix(a) or v != vector_of(a.dtype):
+        return None
+
+    def codegen(context, builder, sig, args):
+        p = _element_pointer(context, builder, sig.args[0], *args[:3])
+        builder.store(args[3], builder.bitcast(p, v.llvm_type.as_pointer()), align=a.dtype.bitwidth // 8)
+        return context.get_dummy_value()
+    return types.none(a, i, j, v), codegen
+
+
+@intrinsic
+def vsplat(typingctx, s):  # scalar -> vector [s, ..., s]
+    vector = vector_of(s)
+    if vector is None:
+        return None
+
+    def codegen(context, builder, sig, args):
+        from llvmlite import ir
+
+        lanes = vector.llvm_type.count
+        one = builder.insert_element(ir.Constant(vector.llvm_type, ir.Undefined), args[0], ir.Constant(ir.IntType(32), 0))
+        return builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes))
+    return vector(s), codegen
+
+
+@intrinsic
+def vzero(typingctx, a):  # [R, C] -> a vector of zeros of a's dtype
+    if not _is_matrix(a):
+        return None
+    vector = vector_of(a.dtype)
+
+    def codegen(context, builder, sig, args):
+        from llvmlite import ir
+
+        return ir.Constant(vector.llvm_type, [0.0] * vector.llvm_type.count)
+    return vector(a), codegen
+
+
+@intrinsic
+def vfma(typingctx, a, b, c):  # vector x3 -> a * b + c, rounded once per lane (llvm.fma)
+    if a not in _vector_types.values() or b != a or c != a:
+        return None
+
+    def codegen(context, builder, sig, args):
+        from llvmlite import ir
+        from numba.core import cgutils
+
+        t = a.llvm_type
+        suffix = f"v{t.count}f{32 if a.element.bitwidth == 32 else 64}"
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(t, [t, t, t]), f"llvm.fma.{suffix}")
+        return builder.call(fma, args)
+    return a(a, b, c), codegen
+
+
+@intrinsic
+def prefetch_l2(typingctx, a, i, j):  # [R, C], int, int -> None: a hint, never a fault
+    from numba import types
+
+    if not _is_matrix(a):
+        return None
+
+    def codegen(context, builder, sig, args):
+        from llvmlite import ir
+        from numba.core import cgutils
+
+        p = builder.bitcast(_element_pointer(context, builder, sig.args[0], *args), ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        prefetch = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [p.type, i32, i32, i32]), "llvm.prefetch.p0i8")
+        # read (0), locality 2 (x86's prefetcht1: into L2, not L1, where the current tile lives), data (1)
+        builder.call(prefetch, [p, ir.Constant(i32, 0), ir.Constant(i32, 2), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+    return types.none(a, i, j), codegen
