@@ -307,6 +307,38 @@ def test_matmul_rows_checks_shapes():
         with pytest.raises(ValueError, match="blocks"):
             matmul_rows(x, w, np.array(blocks, dtype=np.int64))
 
+# The vector intrinsics under the query kernel, one by one: a row segment loaded, splat, fused
+# multiply-add, stored, at an offset that is not on a vector boundary, in both dtypes. Values are
+# small integers and halves, so a * b + c is exact and the expected result needs no rounding model.
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_vector_intrinsics(dtype):
+    from minibert.kernels.jit import start
+
+    start()  # the intrinsics are Numba's from here on (imported before, they would be placeholders)
+    import numba
+    from minibert.kernels.simd import LANES, vfma, vload, vsplat, vstore, vzero
+
+    @numba.njit
+    def fma_rows(a, b, s, out, j):  # out[1, j:j+L] <- s * a[0, j:j+L] + b[2, j:j+L]; out[0, j:j+L] <- 0
+        vstore(out, 1, j, vfma(vsplat(s), vload(a, 0, j), vload(b, 2, j)))
+        vstore(out, 0, j, vzero(out))
+
+    lanes = LANES[np.dtype(dtype).name]
+    rng = np.random.default_rng(0)
+    a = rng.integers(-50, 50, (3, 40)).astype(dtype)
+    b = rng.integers(-50, 50, (3, 40)).astype(dtype) / 2
+    out = np.full((2, 40), 7, dtype=dtype)
+    fma_rows(a, b, dtype(1.5), out, 3)
+    want = np.full((2, 40), 7, dtype=dtype)
+    want[1, 3:3 + lanes] = 1.5 * a[0, 3:3 + lanes] + b[2, 3:3 + lanes]
+    want[0, 3:3 + lanes] = 0
+    np.testing.assert_array_equal(out, want)  # and nothing outside the L lanes was touched
+    with pytest.raises(numba.core.errors.TypingError):
+        numba.njit(lambda x: vsplat(x))(np.int64(3))  # integers have no vector type here
+    with pytest.raises(numba.core.errors.TypingError):
+        numba.njit(lambda x: vload(x, 0, 0))(np.zeros(8, dtype))  # 2-D arrays only
+
+
 # Columns past the last whole register tile (64 float32, 32 float64) take a scalar loop. No target
 # model has such a width (BLAS order is only looked for at multiples of 64), but the kernel takes
 # any W: each output's chain depends on its own column alone, so the scalar columns must equal, bit
