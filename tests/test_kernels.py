@@ -15,7 +15,7 @@ from minibert.kernels import (
     residual_layer_norm, residual_layer_norm_ref, unpack,
 )
 from minibert.kernels.activations import ACTIVATIONS
-from minibert.kernels.matmul import blas_k_blocks, k_blocks_rule, matmul_ref, matmul_rows, matmul_rows_split
+from minibert.kernels.matmul import blas_k_blocks, k_blocks_rule, matmul_ref, matmul_rows, matmul_rows_split, matmul_tiles_into
 
 TOL = {np.float32: 2e-6, np.float64: 1e-12}
 dtypes = st.sampled_from([np.float32, np.float64])
@@ -306,6 +306,11 @@ def test_matmul_rows_checks_shapes():
     for blocks in ([0, 3], [1, 4], [0, 2, 2, 4], [0]):
         with pytest.raises(ValueError, match="blocks"):
             matmul_rows(x, w, np.array(blocks, dtype=np.int64))
+    x4, out = np.ones((4, 4), np.float32), np.zeros((4, 3), np.float32)
+    for args in ((x4[:3], w, out[:3], 0, 4, 0, 3), (x4, w, out[:, :2], 0, 4, 0, 3), (x4, w, out, 0, 5, 0, 3),
+                 (x4, w, out, 0, 4, 1, 4), (x4, w, out, 3, 2, 0, 3)):
+        with pytest.raises(ValueError, match="matmul_tiles_into"):
+            matmul_tiles_into(*args)
 
 # The vector intrinsics under the query kernel, one by one: a row segment loaded, splat, fused
 # multiply-add, stored, at an offset that is not on a vector boundary, in both dtypes. Values are
