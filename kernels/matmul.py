@@ -12,8 +12,8 @@ instead of ~200, and a 10-token query spends 85-90% of its time in these matmuls
 rows are contiguous, so a sub-block is one contiguous stretch of memory). Within a sub-block it
 walks the columns one tile of 4 vectors (64 float32) at a time, and for each group of 4 rows of x
 keeps the 4 x 4 vectors of ``out`` in registers (kernels/simd.py) while it goes down the sub-block's
-k: per k, 4 loads of W and 4 broadcasts of x feed 16 fused multiply-adds. The tile of W (16 KiB at
-most) stays in L1 for the other row groups. While it computes one sub-block it asks for the next
+k: per k, 4 loads of W and 4 broadcasts of x feed 16 fused multiply-adds. The tile of W (4 KiB)
+stays in L1 for the other row groups. While it computes one sub-block it asks for the next
 one, in address order, into L2 (``prefetch_l2``): W comes from memory for a large model (DistilBERT's
 170 MB of layers against a 32 MB L3), and without the hint the core waited for it instead of
 computing meanwhile (NOTES section 15).

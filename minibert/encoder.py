@@ -29,7 +29,7 @@ from minibert.kernels.matmul import blas_k_blocks, matmul_rows, matmul_rows_spli
 
 # One text of up to this many tokens, alone in its call (a query), has its dense layers done by the
 # streaming Numba kernel instead of BLAS: on 2 cores, with the weights coming from memory as they do
-# for a query, it takes 40-60% of BLAS's time at 12 rows, ~85% at 32 and ~95% at 48
+# for a query, it takes 35-65% of BLAS's time at 12 rows, 60-90% at 32 and 90-95% at 48
 # (kernels/matmul.py; benchmarks/NOTES.md sections 9 and 15). It sums in BLAS's own order, so a
 # text's embedding is the same, bit for bit, alone or in any batch.
 SMALL_ROWS = 32

