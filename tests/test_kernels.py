@@ -312,6 +312,7 @@ def test_matmul_rows_checks_shapes():
         with pytest.raises(ValueError, match="matmul_tiles_into"):
             matmul_tiles_into(*args)
 
+
 # The vector intrinsics under the query kernel, one by one: a row segment loaded, splat, fused
 # multiply-add, stored, at an offset that is not on a vector boundary, in both dtypes. Values are
 # small integers and halves, so a * b + c is exact and the expected result needs no rounding model.
