@@ -38,7 +38,7 @@ are independent, so the cores split them (each streams its own part of W); a sin
 
 import numpy as np
 from .jit import njit, prange
-from .simd import VECTOR_BYTES, prefetch_l2, vfma, vload, vsplat, vstore, vzero
+from .simd import VECTOR_BYTES, fma, prefetch_l2, vfma, vload, vsplat, vstore, vzero
 
 # Column 0 as a typed integer, not a literal 0: Numba types a literal argument as Literal[int](0) and
 # compiles the kernel once more for it; with the parallel function that cost ~2 s of a first run
@@ -57,7 +57,7 @@ def matmul_ref(x, w):  # [M, K], [K, N] -> [M, N]
 # ---------------------------------------------------------------- Numba kernels
 
 
-@njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
+@njit(cache=True, nogil=True, error_model="numpy")
 def matmul_tiles_into(x, w, out, k0, k1, c0, c1):  # [M4, K], [K, N], [M4, N], k range, column range -> [M4, N]
     """out[:, c0:c1] <- x[:, k0:k1] @ w[k0:k1, c0:c1], each output one FMA chain along k (no
     reassociation). M4, the rows of x, is a multiple of TILE_ROWS."""
@@ -111,7 +111,7 @@ def matmul_tiles_into(x, w, out, k0, k1, c0, c1):  # [M4, K], [K, N], [M4, N], k
             for j in range(whole, c1):
                 s = out[i, j]
                 for k in range(kk, ke):
-                    s = s + x[i, k] * w[k, j]  # contracted to one fused multiply-add
+                    s = fma(x[i, k], w[k, j], s)
                 out[i, j] = s
     return out
 

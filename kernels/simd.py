@@ -11,6 +11,7 @@ it out. So these intrinsics give Numba code a value that *is* one register:
     v = vsplat(s)                [s, s, ..., s]
     v = vzero(a)                 [0, 0, ..., 0] of a's dtype
     v = vfma(a, b, c)            a * b + c in each lane, one rounding (a fused multiply-add)
+    s = fma(a, b, c)             the same for scalars (never left to the compiler's contraction)
     prefetch_l2(a, i, j)         a hint: start loading the cache line of a[i, j] into L2
 
 A vector is 64 bytes: 16 float32 or 8 float64, one AVX-512 register (where a CPU has only 256-bit
@@ -136,6 +137,21 @@ def vfma(typingctx, a, b, c):  # vector x3 -> a * b + c, rounded once per lane (
         suffix = f"v{t.count}f{32 if a.element.bitwidth == 32 else 64}"
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(t, [t, t, t]), f"llvm.fma.{suffix}")
         return builder.call(fma, args)
+    return a(a, b, c), codegen
+
+
+@intrinsic
+def fma(typingctx, a, b, c):  # float x3 (one dtype) -> a * b + c, rounded once (llvm.fma)
+    if vector_of(a) is None or b != a or c != a:
+        return None
+
+    def codegen(context, builder, sig, args):
+        from llvmlite import ir
+        from numba.core import cgutils
+
+        t = ir.FloatType() if a.bitwidth == 32 else ir.DoubleType()
+        f = cgutils.get_or_insert_function(builder.module, ir.FunctionType(t, [t, t, t]), f"llvm.fma.f{a.bitwidth}")
+        return builder.call(f, args)
     return a(a, b, c), codegen
 
 

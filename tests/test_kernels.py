@@ -322,7 +322,7 @@ def test_vector_intrinsics(dtype):
 
     start()  # the intrinsics are Numba's from here on (imported before, they would be placeholders)
     import numba
-    from minibert.kernels.simd import LANES, vfma, vload, vsplat, vstore, vzero
+    from minibert.kernels.simd import LANES, fma, vfma, vload, vsplat, vstore, vzero
 
     @numba.njit
     def fma_rows(a, b, s, out, j):  # out[1, j:j+L] <- s * a[0, j:j+L] + b[2, j:j+L]; out[0, j:j+L] <- 0
@@ -339,6 +339,11 @@ def test_vector_intrinsics(dtype):
     want[1, 3:3 + lanes] = 1.5 * a[0, 3:3 + lanes] + b[2, 3:3 + lanes]
     want[0, 3:3 + lanes] = 0
     np.testing.assert_array_equal(out, want)  # and nothing outside the L lanes was touched
+    # fma rounds once where a multiply then an add round twice: (1 + eps)(1 - eps) - 1 = -eps^2 exactly
+    eps = dtype(2.0) ** -(np.finfo(dtype).nmant // 2 + 2)  # eps^2 below half the spacing under 1
+    scalar_fma = numba.njit(lambda a, b, c: fma(a, b, c))
+    assert scalar_fma(dtype(1) + eps, dtype(1) - eps, dtype(-1)) == -eps * eps
+    assert (dtype(1) + eps) * (dtype(1) - eps) - dtype(1) == 0  # what an unfused multiply-add gives
     with pytest.raises(numba.core.errors.TypingError):
         numba.njit(lambda x: vsplat(x))(np.int64(3))  # integers have no vector type here
     with pytest.raises(numba.core.errors.TypingError):
