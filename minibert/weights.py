@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CheckpointError
+from .threads import n_workers
 
 # safetensors dtype -> (NumPy dtype of the stored bytes, bytes per element)
 _STORED = {
@@ -236,12 +237,17 @@ def load_encoder_weights(path, cfg, dtype):  # Path, EncoderConfig, np.dtype -> 
             *lin(["ffn_in"], [F], D), *lin(["ffn_out"], [D], F), *ln("ffn_ln"),
         )
 
-    # Two layers at a time: the transposing copies are most of a load, and NumPy releases the GIL
-    # while it copies (DistilBERT-base: load median 109 instead of 207 ms here, NOTES section 16). Errors
+    # Several layers at a time, one per worker (MINIBERT_NUM_THREADS, else one per core): the
+    # transposing copies are most of a load, and NumPy releases the GIL while it copies
+    # (DistilBERT-base on 2 cores: load median 109 instead of 207 ms here, NOTES section 16). Errors
     # still come out in layer order; peak RSS is unchanged (each tensor's pages are released after
     # its copy, and a page two tensors share is read again from the page cache if dropped early).
-    with ThreadPoolExecutor(2, thread_name_prefix="minibert-load") as pool:
-        layers = list(pool.map(layer, range(cfg.n_layers)))
+    workers = min(n_workers(), cfg.n_layers)
+    if workers <= 1:
+        layers = [layer(i) for i in range(cfg.n_layers)]
+    else:
+        with ThreadPoolExecutor(workers, thread_name_prefix="minibert-load") as pool:
+            layers = list(pool.map(layer, range(cfg.n_layers)))
     return EncoderWeights(
         word=find.get("embeddings.word_embeddings.weight", (cfg.vocab_size, D)),
         position=find.get("embeddings.position_embeddings.weight", (cfg.max_positions, D)),
