@@ -61,10 +61,11 @@ def matmul_ref(x, w):  # [M, K], [K, N] -> [M, N]
 def matmul_tiles_into(x, w, out, k0, k1, c0, c1):  # [M4, K], [K, N], [M4, N], k range, column range -> [M4, N]
     """out[:, c0:c1] <- x[:, k0:k1] @ w[k0:k1, c0:c1], each output one FMA chain along k (no
     reassociation). M4, the rows of x, is a multiple of TILE_ROWS."""
-    if (x.shape[0] % TILE_ROWS or out.shape[0] != x.shape[0] or out.shape[1] != w.shape[1] or out.strides[1] != out.itemsize
+    if (x.shape[0] % TILE_ROWS or x.shape[1] != w.shape[0] or out.shape[0] != x.shape[0] or out.shape[1] != w.shape[1]
+            or w.strides[1] != w.itemsize or out.strides[1] != out.itemsize
             or not (0 <= k0 <= k1 <= w.shape[0] and 0 <= c0 <= c1 <= w.shape[1])):  # no bounds checks inside
-        raise ValueError("matmul_tiles_into: x needs a multiple of 4 rows, out x's rows and w's columns, "
-                         "and the k and column ranges must lie within w")
+        raise ValueError("matmul_tiles_into: x needs a multiple of 4 rows and w's rows as columns, out x's rows "
+                         "and w's columns (both with contiguous rows), and the k and column ranges must lie within w")
     lanes = VECTOR_BYTES // w.itemsize
     tile = 4 * lanes  # columns per register tile
     width = c1 - c0
@@ -159,7 +160,8 @@ def matmul_rows(x, w, blocks):  # [M, K], [K, N], [n_blocks + 1] -> [M, N], on t
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def column_share(n, t, parts, tile):  # columns of W for share t of parts: whole register tiles each
-    step = -(-(-(-n // tile)) // parts) * tile
+    tiles = -(-n // tile)  # a partial last tile counts as one
+    step = -(-tiles // parts) * tile
     return min(t * step, n), min((t + 1) * step, n)
 
 
