@@ -59,16 +59,20 @@ def matmul(x, w, query_threads):  # [N, in], [in, out], int -> [N, out]
     in BLAS's order (when that order could be found; else BLAS). Same bits either way."""
     blocks = blas_k_blocks(w.shape[0], w.shape[1], w.dtype, query_threads > 1) if query_threads else None
     if blocks is None:
+        if len(x) == 1:  # NumPy gives [1, K] @ [K, N] to BLAS's gemv, which sums in another order than gemm
+            return (np.concatenate([x, np.zeros_like(x)]) @ w)[:1]
         return x @ w
     if query_threads == 1:
         return matmul_rows(x, w, blocks)
     return matmul_rows_split(x, w, blocks, query_threads)  # the same bits as on one thread
 
 
-def self_attention(x, offsets, lw, cfg, query_threads, numba):  # [N, D], [B + 1] -> [N, D] (before the output bias)
+def self_attention(x, offsets, lw, cfg, query_threads, numba, first_token_only=False):  # [N, D], [B + 1] -> [N, D] (or [B, D]), before the output bias
     qkv = matmul(x, lw.qkv_w, query_threads)  # [N, 3D]: Q | K | V in one matmul
     qkv += lw.qkv_b
     ctx = attention_packed(qkv, offsets, cfg.n_heads, np.empty_like(x), numba)  # [N, D], heads side by side
+    if first_token_only:
+        ctx = ctx[offsets[:-1]]  # [B, D]: each text's first token
     return matmul(ctx, lw.attn_out_w, query_threads)
 
 
@@ -78,24 +82,39 @@ def feed_forward(x, lw, cfg, query_threads, numba):  # [N, D] -> [N, D] (before 
     return matmul(h, lw.ffn_out_w, query_threads)
 
 
-def encoder_block(x, offsets, lw, cfg, query_threads, numba):  # [N, D], [B + 1] -> [N, D]
+def encoder_block(x, offsets, lw, cfg, query_threads, numba, first_token_only=False):  # [N, D], [B + 1] -> [N, D] (or [B, D])
+    """``first_token_only``: attention runs as always (every token is a key and a value), then only
+    each text's first token ([CLS]) goes on through the output projection, the feed-forward block
+    and the layer norms. Those act on each token by itself, so its row comes out the same bits as
+    in the full block (BLAS's gemm sums a row in the same order whatever the number of rows)."""
     eps = cfg.layer_norm_eps
-    a = self_attention(x, offsets, lw, cfg, query_threads, numba)
+    a = self_attention(x, offsets, lw, cfg, query_threads, numba, first_token_only)
+    if first_token_only:
+        x = x[offsets[:-1]]  # [B, D]: the residual of each text's first token (a copy)
     x = layer_norm(a, lw.attn_out_b, x, lw.attn_ln_g, lw.attn_ln_b, eps, x, numba)
     f = feed_forward(x, lw, cfg, query_threads, numba)
     x = layer_norm(f, lw.ffn_out_b, x, lw.ffn_ln_g, lw.ffn_ln_b, eps, x, numba)
     return x
 
 
-def encode_packed(ids, offsets, w, cfg, all_layers=False, query_threads=0, numba=True):  # [N], [B + 1] -> [N, D] (or L + 1 of them)
+def encode_packed(ids, offsets, w, cfg, all_layers=False, query_threads=0, numba=True, first_token_only=False):  # [N], [B + 1] -> [N, D] (or L + 1 of them, or [B, D])
     """``query_threads``: 0 for a batch (BLAS); for one short text, the threads its matmuls split
-    over (Numba's streaming kernel). ``numba=False``: NumPy only (then query_threads must be 0)."""
+    over (Numba's streaming kernel). ``numba=False``: NumPy only (then query_threads must be 0).
+    ``first_token_only``: return only each text's first token, [B, D], which is all that [CLS]
+    pooling reads; the last block then skips the other tokens' output projection and feed-forward
+    block (their keys and values are still needed): D^2 + 2 D F of 4 D^2 + 2 D F multiply-adds per
+    token (9 of 12 D^2 with F = 4D), bit for bit the same first rows as the full pass."""
     if query_threads and not numba:
         raise ValueError("encode_packed: query_threads needs Numba's streaming kernel; pass 0 with numba=False")
+    if first_token_only and all_layers:
+        raise ValueError("encode_packed: all_layers returns every token of every layer; first_token_only cannot apply")
+    if first_token_only and (np.diff(offsets) == 0).any():
+        raise ValueError(f"encode_packed: text {int(np.argmax(np.diff(offsets) == 0))} has no tokens, so no first token")
     x = embed(ids, offsets, w, cfg, numba)
     states = [x.copy()] if all_layers else None
-    for lw in w.layers:
-        x = encoder_block(x, offsets, lw, cfg, query_threads, numba)  # updates x in place
+    for i, lw in enumerate(w.layers):
+        last = first_token_only and i == len(w.layers) - 1
+        x = encoder_block(x, offsets, lw, cfg, query_threads, numba, last)  # updates x in place
         if all_layers:
             states.append(x.copy())
     return states if all_layers else x

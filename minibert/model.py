@@ -108,11 +108,14 @@ class SentenceEncoder:
             raise ValueError(f"{where}[{bad[0]}] = {a[bad[0]]} is not a token id (vocabulary has {self.config.vocab_size})")
         return a.astype(np.int64)
 
-    def _run(self, batch_ids, all_layers=False, query_threads=0, numba=True):  # list of [n_i] -> packed [N, D] (or L + 1 of them), [B + 1]
+    def _run(self, batch_ids, all_layers=False, query_threads=0, numba=True, first_token_only=False):  # list of [n_i] -> packed [N, D] (or L + 1 of them), [B + 1]
         offsets = np.zeros(len(batch_ids) + 1, dtype=np.int64)
         offsets[1:] = np.cumsum([len(x) for x in batch_ids])
         flat = np.concatenate(batch_ids)
-        return encode_packed(flat, offsets, self.weights, self.config, all_layers, query_threads, numba), offsets
+        h = encode_packed(flat, offsets, self.weights, self.config, all_layers, query_threads, numba, first_token_only)
+        if first_token_only:  # one row per text, its [CLS] token: each text is now a text of one token
+            offsets = np.arange(len(batch_ids) + 1, dtype=np.int64)
+        return h, offsets
 
     def hidden_states(self, input_ids):  # list of [n_i] id sequences -> list of [L + 1, n_i, D]
         """Every layer's output (embeddings first) for each given token-id sequence, no pooling."""
@@ -142,6 +145,8 @@ class SentenceEncoder:
         if output_value not in OUTPUT_VALUES:
             raise ValueError(f"output_value must be one of {', '.join(OUTPUT_VALUES)}, got {output_value!r}")
         tokens = output_value == "token_embeddings"
+        # [CLS] pooling reads one token per text: the last layer computes only that one (encoder.py).
+        first_token_only = not tokens and self.pooling_modes == ("cls",)
         ids = self.tokenizer.encode(texts)
         # Longest first, like sentence-transformers; packing means order affects speed only.
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
@@ -160,7 +165,8 @@ class SentenceEncoder:
                 # the shares have about as many tokens. Nothing is padded, so a text's result
                 # does not depend on which share it lands in.
                 shares = _deal(idx, min(workers, len(idx)))
-                run = lambda share: self._run([ids[i] for i in share], query_threads=query_threads, numba=numba)  # noqa: E731
+                run = lambda share: self._run([ids[i] for i in share], query_threads=query_threads, numba=numba,  # noqa: E731
+                                              first_token_only=first_token_only)
                 outputs = threads.map_shares(run, shares)
                 for share, (h, offsets) in zip(shares, outputs):
                     self._collect(share, h, offsets, results, tokens, normalize_embeddings, numba)

@@ -143,6 +143,29 @@ def test_pooling_configs(tmp_path, cfg, modes):
     assert m.dim == 32 * len(modes)
 
 
+@pytest.mark.parametrize("cfg,shortcut", [
+    ({"pooling_mode_cls_token": True}, True),
+    ({"pooling_mode_lasttoken": True}, False),
+    ({"pooling_mode_mean_tokens": True, "pooling_mode_cls_token": True}, False),
+])
+def test_cls_pooling_computes_only_the_first_token_in_the_last_layer(tmp_path, monkeypatch, cfg, shortcut):
+    # Only [CLS] pooling alone may skip the other tokens' last feed-forward block (model.py): the
+    # embedding is then the full pass's first token, bit for bit, in a batch and alone.
+    from minibert import model as model_module
+    seen = []
+    real = model_module.encode_packed
+    monkeypatch.setattr(model_module, "encode_packed", lambda *a: seen.append(a[-1]) or real(*a))
+    m = minibert.load(write_model(tmp_path / "m", pooling={"word_embedding_dimension": 32, **cfg}))
+    texts = ["first text of the batch", "a second, longer text " * 5, "x"]
+    got = m.encode(texts)
+    assert set(seen) == {shortcut}
+    tokens = m.encode(texts, output_value="token_embeddings")
+    assert not seen[-1]  # token embeddings always run the full pass
+    if shortcut:
+        np.testing.assert_array_equal(got, np.stack([t[0] for t in tokens]))
+        np.testing.assert_array_equal(np.stack([m.encode(t) for t in texts]), got)
+
+
 @pytest.mark.parametrize("cfg,match", [
     ({"pooling_mode_median_tokens": True}, "unknown pooling option.*pooling_mode_median_tokens"),
     ({"pooling_mode": "median"}, "unknown pooling mode 'median'"),
