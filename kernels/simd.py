@@ -55,13 +55,13 @@ def vector_of(dtype):  # Numba scalar type (float32 or float64) -> the Numba typ
     return _vector_types[name]
 
 
-def _element_pointer(context, builder, array_type, array, i, j):  # &a[i, j] (no bounds check)
+def element_pointer(context, builder, array_type, array, inds):  # &a[i, j] (or &a[j]), no bounds check
     from numba.core import cgutils
 
     a = context.make_array(array_type)(context, builder, array)
     return cgutils.get_item_pointer2(context, builder, data=a.data, shape=cgutils.unpack_tuple(builder, a.shape),
                                      strides=cgutils.unpack_tuple(builder, a.strides), layout=array_type.layout,
-                                     inds=[i, j], wraparound=False)
+                                     inds=inds, wraparound=False)
 
 
 def _is_matrix(a):
@@ -77,7 +77,7 @@ def vload(typingctx, a, i, j):  # [R, C], int, int -> vector a[i, j : j + L]
     vector = vector_of(a.dtype)
 
     def codegen(context, builder, sig, args):
-        p = _element_pointer(context, builder, sig.args[0], *args)
+        p = element_pointer(context, builder, sig.args[0], args[0], args[1:])
         return builder.load(builder.bitcast(p, vector.llvm_type.as_pointer()), align=a.dtype.bitwidth // 8)
     return vector(a, i, j), codegen
 
@@ -90,7 +90,7 @@ def vstore(typingctx, a, i, j, v):  # [R, C], int, int, vector -> a[i, j : j + L
         return None
 
     def codegen(context, builder, sig, args):
-        p = _element_pointer(context, builder, sig.args[0], *args[:3])
+        p = element_pointer(context, builder, sig.args[0], args[0], args[1:3])
         builder.store(args[3], builder.bitcast(p, v.llvm_type.as_pointer()), align=a.dtype.bitwidth // 8)
         return context.get_dummy_value()
     return types.none(a, i, j, v), codegen
@@ -166,7 +166,7 @@ def prefetch_l2(typingctx, a, i, j):  # [R, C], int, int -> None: a hint, never 
         from llvmlite import ir
         from numba.core import cgutils
 
-        p = builder.bitcast(_element_pointer(context, builder, sig.args[0], *args), ir.IntType(8).as_pointer())
+        p = builder.bitcast(element_pointer(context, builder, sig.args[0], args[0], args[1:]), ir.IntType(8).as_pointer())
         i32 = ir.IntType(32)
         prefetch = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(ir.VoidType(), [p.type, i32, i32, i32]), "llvm.prefetch.p0i8")

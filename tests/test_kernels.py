@@ -243,6 +243,48 @@ def test_softmax_rows_specials():
         softmax_rows(np.zeros((2, 3)), 1.0, False)
 
 
+# The float32 GELU runs 8 values at a time through gelu_erf_fast_lanes (LLVM IR, the wide erf fit
+# only for vectors that need it); the rest of a row through the scalar gelu_erf_fast. The two must
+# give the same bits: checked against a plain loop of the scalar one (the kernel's flags), on rows
+# of every width from 1 to 40, values that need the wide fit in any lanes, and the edge values
+# (|z| = 2 and 4.5 exactly, +-0, NaN, +-inf, float32's largest).
+@pytest.mark.parametrize("scale", [0.3, 1.3, 4.0])
+def test_gelu_vector_lanes_give_the_scalar_bits(scale):
+    from minibert.kernels.jit import start
+
+    start()
+    import numba
+    from minibert.kernels.activations import gelu_erf_fast
+
+    @numba.njit(error_model="numpy", fastmath={"contract"})
+    def scalar_gelu(h, bias):  # the kernel's loop before the vector lanes: one value at a time
+        for i in range(h.shape[0]):
+            for j in range(h.shape[1]):
+                h[i, j] = gelu_erf_fast(np.float64(h[i, j] + bias[j]))
+        return h
+
+    rng = np.random.default_rng(int(scale * 10))
+    edges = np.array([0, -0.0, 2 * np.sqrt(2), -2 * np.sqrt(2), 4.5 * np.sqrt(2), -4.5 * np.sqrt(2), 9, -9,
+                      np.nan, np.inf, -np.inf, 3.4e38, -3.4e38, 1e-30, 2.8284271, -2.8284273], np.float32)
+    for f in range(1, 41):
+        h = (rng.standard_normal((60, f)) * scale).astype(np.float32)
+        h.ravel()[rng.integers(0, h.size, 12)] = rng.choice(edges, 12)
+        bias = np.where(rng.random(f) < 0.3, 0, rng.standard_normal(f) * 0.1).astype(np.float32)
+        with np.errstate(invalid="ignore", over="ignore"):
+            got = bias_act(h.copy(), bias, ACTIVATIONS["gelu_erf"])
+            want = scalar_gelu(h.copy(), bias)
+        np.testing.assert_array_equal(got.view(np.int32), want.view(np.int32), err_msg=f"width {f}")
+
+
+def test_bias_act_refuses_strided_rows_and_mixed_dtypes():
+    h, b = np.zeros((4, 16), np.float32), np.zeros(16, np.float32)
+    for args in ((h[:, ::2], b[::2]), (h[:, :8], b[::2]), (h, b[:8]), (h[0], b)):
+        with pytest.raises(ValueError, match="contiguous"):
+            bias_act(*args, ACTIVATIONS["gelu_erf"])
+    with pytest.raises(ValueError, match="bias is float64 but h is float32"):
+        bias_act(h, b.astype(np.float64), ACTIVATIONS["gelu_erf"])
+
+
 def test_erf_constants_are_the_documented_fit():
     # The erf coefficients in activations.py are what fit_erf() computes; and erf_fast is exact to 2e-10.
     import math
