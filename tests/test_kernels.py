@@ -247,7 +247,7 @@ def test_softmax_rows_specials():
 # only for vectors that need it); the rest of a row through the scalar gelu_erf_fast. The two must
 # give the same bits: checked against a plain loop of the scalar one (the kernel's flags), on rows
 # of every width from 1 to 40, values that need the wide fit in any lanes, and the edge values
-# (|z| = 2 and 4.5 exactly, +-0, NaN, +-inf, float32's largest).
+# (|z| at 2 and 4.5, +-0, NaN, +-inf, float32's largest).
 @pytest.mark.parametrize("scale", [0.3, 1.3, 4.0])
 def test_gelu_vector_lanes_give_the_scalar_bits(scale):
     from minibert.kernels.jit import start
