@@ -46,6 +46,7 @@ from .simd import VECTOR_BYTES, fma, prefetch_l2, vfma, vload, vsplat, vstore, v
 FIRST_COLUMN = np.int64(0)
 
 TILE_ROWS = 4  # rows of x per register tile (x is padded with zero rows to a multiple of 4)
+TILE_VECTORS = 4  # vectors of out per tile row: 4 x 16 float32 = 64 columns, 4 cache lines of each W row
 SUB_K = 16  # rows of W per sub-block: 16 was fastest from memory (8-64 tried: NOTES section 15)
 
 # ---------------------------------------------------------------- NumPy twin (the math)
@@ -67,7 +68,7 @@ def matmul_tiles_into(x, w, out, k0, k1, c0, c1):  # [M4, K], [K, N], [M4, N], k
         raise ValueError("matmul_tiles_into: x needs a multiple of 4 rows and w's rows as columns, out x's rows "
                          "and w's columns (both with contiguous rows), and the k and column ranges must lie within w")
     lanes = VECTOR_BYTES // w.itemsize
-    tile = 4 * lanes  # columns per register tile
+    tile = TILE_VECTORS * lanes  # columns per register tile
     width = c1 - c0
     whole = c0 + width // tile * tile  # columns in whole tiles; the rest (none in the target models) scalar
     for i in range(x.shape[0]):  # (loops, not slice assignments: those cost ~3 s of compile time)
@@ -89,7 +90,7 @@ def matmul_tiles_into(x, w, out, k0, k1, c0, c1):  # [M4, K], [K, N], [M4, N], k
                     c30, c31, c32, c33 = vload(out, i + 3, j), vload(out, i + 3, j + lanes), vload(out, i + 3, j + 2 * lanes), vload(out, i + 3, j + 3 * lanes)
                 for k in range(kk, ke):
                     if i == 0 and pr < ahead:  # one tile's worth (4 cache lines) of the next sub-block
-                        for line in range(4):
+                        for line in range(TILE_VECTORS):
                             prefetch_l2(w, ke + pr, pc + line * lanes)
                         pc += tile
                         if pc >= c1:
@@ -174,7 +175,7 @@ def blocks_over_threads(x, w, blocks, threads, partial):  # partial [n_blocks, M
     for t in prange(threads):
         for b in range(t, whole, threads):
             matmul_tiles_into(x, w, partial[b], blocks[b], blocks[b + 1], FIRST_COLUMN, n)
-        c0, c1 = column_share(n, t, threads, 4 * VECTOR_BYTES // w.itemsize)
+        c0, c1 = column_share(n, t, threads, TILE_VECTORS * VECTOR_BYTES // w.itemsize)
         for b in range(whole, n_blocks):
             matmul_tiles_into(x, w, partial[b], blocks[b], blocks[b + 1], c0, c1)
     return partial
