@@ -34,6 +34,7 @@ _INV_SQRT_2 = 1.0 / math.sqrt(2.0)
 # erf(z) / z in u = z^2 / 2 - 1 for |z| <= 2, and erf(z) in u = (z - 3.25) / 1.25 for 2 < z <= 4.5.
 ERF_SMALL = (6.529261760630186e-08, -4.3345667176482804e-07, 2.470110797946208e-06, -1.3909694069556508e-05, 7.180490875664177e-05, -0.00033516560074726845, 0.0014050900543264332, -0.00523486937891076, 0.01712834480051079, -0.04866277825806209, 0.11947913859553633, -0.26111186090231153, 0.6749332360398016)
 ERF_WIDE_FROM = 2.0  # |z| beyond which erf needs ERF_LARGE
+ERF_ONE_FROM = 4.5  # |z| from which erf is taken as +-1 (1 - erf(4.5) = 2e-10)
 ERF_LARGE = (-4.7415313762708246e-07, 1.916306652541446e-06, -8.792751322203336e-07, -9.726935101869941e-06, 2.8685570869473073e-05, -3.37011796946476e-05, -2.2263883022975283e-05, 0.0001933004346446651, -0.00048645887326751326, 0.0008105065898444254, -0.0010053201282665713, 0.0009576459929072053, -0.0006996284085696348, 0.00038243988201326574, -0.00014822566057275555, 3.64863024499857e-05, 0.9999956972214066)
 
 
@@ -71,13 +72,13 @@ def fit_erf(degree_small=12, degree_large=16):  # -> (ERF_SMALL, ERF_LARGE): how
 
 
 def erf_fast_numpy(z):  # float64 [...] -> [...]: erf_fast below, the same steps on arrays
-    a = np.minimum(np.abs(z), 4.5)
+    a = np.minimum(np.abs(z), ERF_ONE_FROM)
     e = np.polyval(ERF_SMALL, a * a * 0.5 - 1.0) * a  # np.polyval is Horner's rule, as the kernel's
     # The second fit only where it is used (few GELU inputs have |z| > 2): the kernel computes both
     # and picks, branch-free, which vectorises there; here it would double the work.
-    mid = (a > ERF_WIDE_FROM) & (a < 4.5)
+    mid = (a > ERF_WIDE_FROM) & (a < ERF_ONE_FROM)
     e[mid] = np.polyval(ERF_LARGE, (a[mid] - 3.25) * 0.8)
-    e[a >= 4.5] = 1.0
+    e[a >= ERF_ONE_FROM] = 1.0
     return np.where(z < 0, -e, e)
 
 
@@ -105,7 +106,7 @@ def bias_act_numpy(h, bias, activation):  # [N, F] (in place), [F], int code -> 
 # tuple: LLVM then vectorises the element loop; looping over the tuple it did not (5x slower).
 @njit(cache=True, inline="always")
 def erf_fast(z):  # float64 scalar -> float64, |error| < 2e-10 (the clamp at 4.5), branch-free
-    a = min(abs(z), 4.5)
+    a = min(abs(z), ERF_ONE_FROM)
     u = a * a * 0.5 - 1.0  # |z| <= 2 mapped onto [-1, 1] through z^2
     small = 6.529261760630186e-08
     small = small * u + -4.3345667176482804e-07
@@ -140,7 +141,7 @@ def erf_fast(z):  # float64 scalar -> float64, |error| < 2e-10 (the clamp at 4.5
     large = large * v + 3.64863024499857e-05
     large = large * v + 0.9999956972214066
     e = small if a <= ERF_WIDE_FROM else large
-    e = 1.0 if a >= 4.5 else e  # 1 - erf(4.5) = 2e-10
+    e = 1.0 if a >= ERF_ONE_FROM else e
     return -e if z < 0 else e
 
 
@@ -208,16 +209,16 @@ def gelu_erf_fast_lanes(typingctx, h, i, j, bias):  # [N, F], int, int, [F] -> N
         x = builder.fadd(builder.load(ph, align=align), builder.load(pb, align=align))
         x = builder.fpext(x, vd) if stored.element != f64 else x  # the bias added in h's dtype first
         z = builder.fmul(x, const(_INV_SQRT_2))
-        # min(|z|, 4.5); minnum differs from erf_fast's compare only for a NaN z, whose x makes y NaN anyway
-        a = call("minnum", call("fabs", z), const(4.5))
+        # min(|z|, ERF_ONE_FROM); minnum differs from erf_fast's compare only for a NaN z, whose x makes y NaN anyway
+        a = call("minnum", call("fabs", z), const(ERF_ONE_FROM))
         u = call("fma", builder.fmul(a, a), const(0.5), const(-1.0))  # the same bits as a * a * 0.5 - 1: x 0.5 is exact
         small = builder.fmul(horner(ERF_SMALL, u), a)
         narrow = builder.fcmp_ordered("<=", a, const(ERF_WIDE_FROM))
         any_wide = builder.icmp_unsigned("!=", builder.bitcast(builder.not_(narrow), ir.IntType(n)), ir.Constant(ir.IntType(n), 0))
         entry = builder.block
-        with builder.if_then(any_wide, likely=False):  # a is at most 2 in every lane otherwise, so never 4.5
+        with builder.if_then(any_wide, likely=False):  # a is at most 2 in every lane otherwise, so never ERF_ONE_FROM
             large = horner(ERF_LARGE, builder.fmul(builder.fsub(a, const(3.25)), const(0.8)))
-            picked = builder.select(builder.fcmp_ordered(">=", a, const(4.5)), const(1.0), builder.select(narrow, small, large))
+            picked = builder.select(builder.fcmp_ordered(">=", a, const(ERF_ONE_FROM)), const(1.0), builder.select(narrow, small, large))
             wide_block = builder.block
         e = builder.phi(vd)
         e.add_incoming(small, entry)
