@@ -189,14 +189,18 @@ def test_softmax_rows_matches_twin(rows, t, dtype, scale, seed):
 def test_exp_shifted_against_libm():
     from minibert.kernels.attention import exp_shifted
     x = -np.linspace(0, 100, 200001)
-    got = exp_shifted(x, 0.0, 1.0, np.empty_like(x))
+    got = np.empty_like(x)
+    total = exp_shifted(x, 0.0, 1.0, got)
     want = np.exp(x)
     assert (np.abs(got - want) <= 1e-11 * want + 2e-35).all()  # relative 1e-11 down to -80, then 0
     assert (got[x < -80] == 0).all()
+    assert total == pytest.approx(got.sum(), rel=1e-14)  # the sum comes with the values
     # the shift and scale are applied in float64 before the exp; float32 rows are widened first
     row = np.array([3.0, 1.5, -np.inf], np.float32)
-    got = exp_shifted(row, 3.0, 0.5, np.empty(3))
+    got = np.empty(3)
+    total = exp_shifted(row, 3.0, 0.5, got)
     np.testing.assert_allclose(got, [1.0, np.exp(-0.75), 0.0], rtol=1e-11)
+    assert total == pytest.approx(1.0 + np.exp(-0.75), rel=1e-11)
 
 
 @settings(max_examples=60, deadline=None)
@@ -485,7 +489,9 @@ def test_exp_and_erf_mirrors_against_libm_and_kernels():
     got = exp_shifted_numpy(x)
     assert (np.abs(got - np.exp(x)) <= 1e-11 * np.exp(x) + 2e-35).all() and (got[x < -80] == 0).all()
     # r = y - n ln2 is one fused multiply-add in the kernel, two roundings here: up to |n| x 1.1e-16
-    np.testing.assert_allclose(got, exp_shifted(x, 0.0, 1.0, np.empty_like(x)), rtol=2e-14, atol=0)
+    kernel = np.empty_like(x)
+    exp_shifted(x, 0.0, 1.0, kernel)
+    np.testing.assert_allclose(got, kernel, rtol=2e-14, atol=0)
     z = np.linspace(-6, 6, 24001)
     erf = erf_fast_numpy(z)
     assert np.abs(erf - np.array([math.erf(v) for v in z])).max() < 2e-10  # the fit, and the clamp at 4.5
