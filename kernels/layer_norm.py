@@ -54,7 +54,13 @@ def residual_layer_norm(x, bias, residual, gamma, beta, eps, out):  # [N, D], [D
         for j in range(d):
             c = v[j] - mean
             sq += c * c
-        inv_std = 1.0 / math.sqrt(sq / d + eps)
-        for j in range(d):
-            out[i, j] = (v[j] - mean) * inv_std * gamma[j] + beta[j]
+        write_normalised(v, mean, 1.0 / math.sqrt(sq / d + eps), gamma, beta, out[i])
     return out
+
+
+# Not inlined, and without "reassoc": under it LLVM turns (v - mean) * (1 / std) back into
+# (v - mean) / std, a division per element (NOTES section 19). contract still fuses * gamma + beta.
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
+def write_normalised(v, mean, inv_std, gamma, beta, out):  # [D] float64, f, f, [D], [D], [D] -> out
+    for j in range(len(v)):
+        out[j] = (v[j] - mean) * inv_std * gamma[j] + beta[j]
