@@ -64,3 +64,4 @@ def residual_layer_norm(x, bias, residual, gamma, beta, eps, out):  # [N, D], [D
 def write_normalised(v, mean, inv_std, gamma, beta, out):  # [D] float64, f, f, [D], [D], [D] -> out
     for j in range(len(v)):
         out[j] = (v[j] - mean) * inv_std * gamma[j] + beta[j]
+    return out
