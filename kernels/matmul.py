@@ -229,6 +229,27 @@ def blas_k_blocks(k, n, dtype, split=False):  # int, int, dtype, bool -> [n_bloc
     return _found[key]
 
 
+_rows_independent = {}  # dtype -> bool
+
+
+def blas_rows_independent(dtype=np.float32):  # dtype -> bool
+    """Whether NumPy's BLAS gives a row of a batch-sized x @ W the same bits wherever the row sits in
+    x and whatever rows share the call. minibert's identical-bits batch invariance rests on this:
+    a batch is one matmul over its texts' rows packed back to back. OpenBLAS's AVX-512 ("SkylakeX")
+    sgemm and dgemm kernels have the property; its AVX2 ("Haswell") ones, chosen on CPUs with AVX2
+    but not AVX-512, do not: they sum a row by its place in a tile of rows, and the rows past the
+    last whole tile with other code (README, "Numerics notes"; benchmarks/NOTES.md section 21)."""
+    key = np.dtype(dtype).str
+    if key not in _rows_independent:
+        rng = np.random.default_rng(7)
+        # Batch-sized (M * N * K > 1e6 for every slice below): the small-matrix kernel is another story.
+        x = rng.standard_normal((100, 256)).astype(dtype)
+        w = rng.standard_normal((256, 128)).astype(dtype)
+        full = x @ w
+        _rows_independent[key] = all(np.array_equal(x[a:b] @ w, full[a:b]) for a, b in ((1, 100), (5, 70), (0, 61)))
+    return _rows_independent[key]
+
+
 def _probe(k, dtype, split):
     rng = np.random.default_rng(k)
     # Batch-sized: M * N * K well above the ~1e6 below which OpenBLAS takes its small-matrix kernel.

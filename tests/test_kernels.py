@@ -6,6 +6,10 @@ in the array's dtype, so the fp32 twin is the less exact of the two). The NumPy 
 before Numba starts are held to the kernels' own bits (at the end of this file).
 """
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -15,7 +19,9 @@ from minibert.kernels import (
     residual_layer_norm, residual_layer_norm_ref, unpack,
 )
 from minibert.kernels.activations import ACTIVATIONS
-from minibert.kernels.matmul import blas_k_blocks, k_blocks_rule, matmul_ref, matmul_rows, matmul_rows_split, matmul_tiles_into
+from minibert.kernels.matmul import (
+    blas_k_blocks, blas_rows_independent, k_blocks_rule, matmul_ref, matmul_rows, matmul_rows_split, matmul_tiles_into,
+)
 
 TOL = {np.float32: 2e-6, np.float64: 1e-12}
 dtypes = st.sampled_from([np.float32, np.float64])
@@ -335,6 +341,36 @@ def test_blas_order_is_found_for_the_model_shapes():
             blocks = blas_k_blocks(k, n, dtype)
             assert blocks is not None, f"K={k} {np.dtype(dtype).name}: BLAS's summation order not found"
             assert blocks[0] == 0 and blocks[-1] == k and (np.diff(blocks) > 0).all()
+
+
+def test_blas_gives_each_row_the_same_bits_in_any_batch():
+    # What minibert's identical-bits batch invariance rests on (a batch is one matmul over its texts'
+    # rows). If this fails, so do the bit-for-bit batch tests: the BLAS is the cause, not minibert.
+    for dtype in (np.float32, np.float64):
+        assert blas_rows_independent(dtype), (
+            f"NumPy's BLAS sums a row of a {np.dtype(dtype).name} matmul differently depending on the rows that share "
+            "its call (OpenBLAS's AVX2 kernel does): a text's embedding then depends on its batch (README, Numerics notes)")
+
+
+def _openblas_avx2_available():  # NumPy's own OpenBLAS, on a CPU that can run its AVX2 kernel
+    try:
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]["name"]
+        flags = {f for line in open("/proc/cpuinfo") if line.startswith("flags") for f in line.split()}
+    except (OSError, KeyError, TypeError):
+        return False
+    return "openblas" in blas and {"avx2", "fma"} <= flags
+
+
+@pytest.mark.skipif(not _openblas_avx2_available(), reason="needs NumPy's OpenBLAS on an x86 CPU with AVX2")
+def test_blas_rows_independent_sees_openblas_avx2_kernel():
+    # The probe must be able to say no: OpenBLAS's Haswell sgemm kernel (chosen on CPUs with AVX2 but
+    # not AVX-512) sums a row by its place in a 12-row tile. OPENBLAS_CORETYPE forces that kernel here.
+    code = ("import numpy as np; from minibert.kernels.matmul import blas_rows_independent as f; "
+            "print(f(np.float32), f(np.float64))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**os.environ, "OPENBLAS_CORETYPE": "Haswell"})
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.split() == ["False", "False"]
 
 
 def test_k_blocks_rule():
