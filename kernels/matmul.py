@@ -229,25 +229,38 @@ def blas_k_blocks(k, n, dtype, split=False):  # int, int, dtype, bool -> [n_bloc
     return _found[key]
 
 
-_rows_independent = {}  # dtype -> bool
+ROW_TILES = (1, 2, 4, 6, 8, 12, 16, 24, 32)  # candidates for blas_row_tile; each divides 192
+_row_tile = {}  # dtype -> int or None
 
 
-def blas_rows_independent(dtype=np.float32):  # dtype -> bool
-    """Whether NumPy's BLAS gives a row of a batch-sized x @ W the same bits wherever the row sits in
-    x and whatever rows share the call. minibert's identical-bits batch invariance rests on this:
-    a batch is one matmul over its texts' rows packed back to back. OpenBLAS's AVX-512 ("SkylakeX")
-    sgemm and dgemm kernels have the property; its AVX2 ("Haswell") ones, chosen on CPUs with AVX2
-    but not AVX-512, do not: they sum a row by its place in a tile of rows, and the rows past the
-    last whole tile with other code (README, "Numerics notes"; benchmarks/NOTES.md section 21)."""
+def blas_row_tile(dtype=np.float32):  # dtype -> int or None
+    """The row tile t of NumPy's BLAS, found by experiment: a row of a batch-sized x @ W gets the same
+    bits in any call where it sits at the same place in a whole tile of t rows (tiles counted from
+    row 0). minibert's identical-bits batch invariance rests on it: a batch is one matmul over its
+    texts' rows. Call it with BLAS on one thread (minibert's workers run BLAS so): on two, the
+    split of the rows between threads moves them.
+    - 1: a row's bits never depend on the other rows: OpenBLAS's AVX-512 ("SkylakeX") kernels, as
+      on the machines this was written on.
+    - 12 (float32) or 2 (float64): OpenBLAS's AVX2 ("Haswell") kernels, chosen on CPUs with AVX2
+      but not AVX-512. They sum a row by its place in the tile, and the rows past the last whole
+      tile with other code. The encoder then starts each text on a tile boundary
+      (minibert/encoder.py, ``tile_layout``).
+    - None: no candidate gives the same bits (then a text's embedding may move with its batch by
+      ~1e-6)."""
     key = np.dtype(dtype).str
-    if key not in _rows_independent:
+    if key not in _row_tile:
         rng = np.random.default_rng(7)
-        # Batch-sized (M * N * K > 1e6 for every slice below): the small-matrix kernel is another story.
-        x = rng.standard_normal((100, 256)).astype(dtype)
+        x = rng.standard_normal((192, 256)).astype(dtype)
         w = rng.standard_normal((256, 128)).astype(dtype)
         full = x @ w
-        _rows_independent[key] = all(np.array_equal(x[a:b] @ w, full[a:b]) for a, b in ((1, 100), (5, 70), (0, 61)))
-    return _rows_independent[key]
+        _row_tile[key] = None
+        for t in ROW_TILES:
+            n = -(-40 // t) * t  # >= 40 rows: M * N * K > 1e6, past OpenBLAS's small-matrix kernel
+            slices = ((t, t + n), (0, n + t), (3 * t, 3 * t + n + 2 * t), (0, 192))
+            if all(np.array_equal(x[a:b] @ w, full[a:b]) for a, b in slices):
+                _row_tile[key] = t
+                break
+    return _row_tile[key]
 
 
 def _probe(k, dtype, split):

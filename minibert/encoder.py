@@ -26,6 +26,7 @@ from minibert.kernels import (
 )
 from minibert.kernels.activations import ACTIVATIONS
 from minibert.kernels.matmul import blas_k_blocks, matmul_rows, matmul_rows_split
+from minibert.threads import single_threaded_blas
 
 # One text of up to this many tokens, alone in its call (a query), has its dense layers done by the
 # streaming Numba kernel instead of BLAS: on 2 cores, with the weights coming from memory as they do
@@ -54,9 +55,26 @@ def embed(ids, offsets, w, cfg, numba=True):  # [N], [B + 1] -> [N, D]
                       cfg.layer_norm_eps, np.empty_like(words), numba)
 
 
-def matmul(x, w, query_threads):  # [N, in], [in, out], int -> [N, out]
+def tile_layout(offsets, tile):  # [B + 1], int -> ([N] each token's row in a padded matrix, its row count)
+    """Each text from a tile boundary, zero rows up to the next one. For a BLAS that sums a row by
+    its place in a tile of rows (kernels/matmul.py, ``blas_row_tile``; OpenBLAS's AVX2 kernels):
+    laid out so, a row sits at the same place in a whole tile alone or in any batch, so it gets the
+    same bits. What it costs: (tile - 1) / 2 zero rows per text on average."""
+    lengths = np.diff(offsets)
+    padded = -(-lengths // tile) * tile
+    starts = np.cumsum(padded) - padded
+    return np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1]), int(padded.sum())
+
+
+def matmul(x, w, query_threads, layout=None):  # [N, in], [in, out], int, tile_layout or None -> [N, out]
     """x @ w: BLAS for a batch (query_threads=0); for one short text the streaming kernel, summing
-    in BLAS's order (when that order could be found; else BLAS). Same bits either way."""
+    in BLAS's order (when that order could be found; else BLAS). Same bits either way. ``layout``:
+    on a BLAS with a row tile, the rows go through BLAS laid out by ``tile_layout``."""
+    if layout is not None:  # (the streaming kernel cannot match such a BLAS: its order depends on the row)
+        rows, n_rows = layout
+        padded = np.zeros((n_rows, x.shape[1]), dtype=x.dtype)
+        padded[rows] = x
+        return (padded @ w)[rows]
     blocks = blas_k_blocks(w.shape[0], w.shape[1], w.dtype, query_threads > 1) if query_threads else None
     if blocks is None:
         if len(x) == 1:  # NumPy gives [1, K] @ [K, N] to BLAS's gemv, which sums in another order than gemm
@@ -67,54 +85,64 @@ def matmul(x, w, query_threads):  # [N, in], [in, out], int -> [N, out]
     return matmul_rows_split(x, w, blocks, query_threads)  # the same bits as on one thread
 
 
-def self_attention(x, offsets, lw, cfg, query_threads, numba, first_token_only=False):  # [N, D], [B + 1] -> [N, D] (or [B, D]), before the output bias
-    qkv = matmul(x, lw.qkv_w, query_threads)  # [N, 3D]: Q | K | V in one matmul
+def self_attention(x, offsets, lw, cfg, query_threads, numba, first_token_only=False, layouts=(None, None)):  # [N, D], [B + 1] -> [N, D] (or [B, D]), before the output bias
+    qkv = matmul(x, lw.qkv_w, query_threads, layouts[0])  # [N, 3D]: Q | K | V in one matmul
     qkv += lw.qkv_b
-    ctx = attention_packed(qkv, offsets, cfg.n_heads, np.empty_like(x), numba)  # [N, D], heads side by side
+    # BLAS on one thread, as in a batch's workers: for P V with 448 < T < 512 keys, OpenBLAS's threaded
+    # driver cuts the K sum at another place than its one-thread driver, so a long text alone (BLAS
+    # on two threads) got other bits than in a batch (benchmarks/NOTES.md section 21).
+    with single_threaded_blas():
+        ctx = attention_packed(qkv, offsets, cfg.n_heads, np.empty_like(x), numba)  # [N, D], heads side by side
     if first_token_only:
         ctx = ctx[offsets[:-1]]  # [B, D]: each text's first token
-    return matmul(ctx, lw.attn_out_w, query_threads)
+    return matmul(ctx, lw.attn_out_w, query_threads, layouts[1] if first_token_only else layouts[0])
 
 
-def feed_forward(x, lw, cfg, query_threads, numba):  # [N, D] -> [N, D] (before the output bias)
+def feed_forward(x, lw, cfg, query_threads, numba, layout=None):  # [N, D] -> [N, D] (before the output bias)
     activation = bias_act if numba else bias_act_numpy
-    h = activation(matmul(x, lw.ffn_in_w, query_threads), lw.ffn_in_b, ACTIVATIONS[cfg.activation])  # [N, F]
-    return matmul(h, lw.ffn_out_w, query_threads)
+    h = activation(matmul(x, lw.ffn_in_w, query_threads, layout), lw.ffn_in_b, ACTIVATIONS[cfg.activation])  # [N, F]
+    return matmul(h, lw.ffn_out_w, query_threads, layout)
 
 
-def encoder_block(x, offsets, lw, cfg, query_threads, numba, first_token_only=False):  # [N, D], [B + 1] -> [N, D] (or [B, D])
+def encoder_block(x, offsets, lw, cfg, query_threads, numba, first_token_only=False, layouts=(None, None)):  # [N, D], [B + 1] -> [N, D] (or [B, D])
     """``first_token_only``: attention runs as always (every token is a key and a value), then only
     each text's first token ([CLS]) goes on through the output projection, the feed-forward block
     and the layer norms. Those act on each token by itself, so its row comes out the same bits as
     in the full block (BLAS's gemm sums a row in the same order whatever the number of rows)."""
     eps = cfg.layer_norm_eps
-    a = self_attention(x, offsets, lw, cfg, query_threads, numba, first_token_only)
+    a = self_attention(x, offsets, lw, cfg, query_threads, numba, first_token_only, layouts)
     if first_token_only:
         x = x[offsets[:-1]]  # [B, D]: the residual of each text's first token (a copy)
     x = layer_norm(a, lw.attn_out_b, x, lw.attn_ln_g, lw.attn_ln_b, eps, x, numba)
-    f = feed_forward(x, lw, cfg, query_threads, numba)
+    f = feed_forward(x, lw, cfg, query_threads, numba, layouts[1] if first_token_only else layouts[0])
     x = layer_norm(f, lw.ffn_out_b, x, lw.ffn_ln_g, lw.ffn_ln_b, eps, x, numba)
     return x
 
 
-def encode_packed(ids, offsets, w, cfg, all_layers=False, query_threads=0, numba=True, first_token_only=False):  # [N], [B + 1] -> [N, D] (or L + 1 of them, or [B, D])
+def encode_packed(ids, offsets, w, cfg, all_layers=False, query_threads=0, numba=True, first_token_only=False,
+                  row_tile=1):  # [N], [B + 1] -> [N, D] (or L + 1 of them, or [B, D])
     """``query_threads``: 0 for a batch (BLAS); for one short text, the threads its matmuls split
     over (Numba's streaming kernel). ``numba=False``: NumPy only (then query_threads must be 0).
     ``first_token_only``: return only each text's first token, [B, D], which is all that [CLS]
     pooling reads; the last block then skips the other tokens' output projection and feed-forward
     block (their keys and values are still needed): D^2 + 2 D F of 4 D^2 + 2 D F multiply-adds per
-    token (9 of 12 D^2 with F = 4D), bit for bit the same first rows as the full pass."""
+    token (9 of 12 D^2 with F = 4D), bit for bit the same first rows as the full pass.
+    ``row_tile``: NumPy's BLAS's row tile (kernels/matmul.py, ``blas_row_tile``); above 1, every
+    matmul lays its rows out with ``tile_layout`` (and [CLS]-only rows as texts of one token)."""
     if query_threads and not numba:
         raise ValueError("encode_packed: query_threads needs Numba's streaming kernel; pass 0 with numba=False")
     if first_token_only and all_layers:
         raise ValueError("encode_packed: all_layers returns every token of every layer; first_token_only cannot apply")
     if first_token_only and (np.diff(offsets) == 0).any():
         raise ValueError(f"encode_packed: text {int(np.argmax(np.diff(offsets) == 0))} has no tokens, so no first token")
+    layouts = (None, None)
+    if row_tile > 1:
+        layouts = (tile_layout(offsets, row_tile), tile_layout(np.arange(len(offsets)), row_tile))
     x = embed(ids, offsets, w, cfg, numba)
     states = [x.copy()] if all_layers else None
     for i, lw in enumerate(w.layers):
         last = first_token_only and i == len(w.layers) - 1
-        x = encoder_block(x, offsets, lw, cfg, query_threads, numba, last)  # updates x in place
+        x = encoder_block(x, offsets, lw, cfg, query_threads, numba, last, layouts)  # updates x in place
         if all_layers:
             states.append(x.copy())
     return states if all_layers else x

@@ -6,12 +6,14 @@ Texts are sorted by length and cut into batches of ``batch_size``; each batch ru
 tokens in one [N, D] matrix, no padding), so a text's embedding does not depend on its neighbours.
 """
 
+import contextlib
 import os
 from pathlib import Path
 
 import numpy as np
 
 from minibert.kernels import pool, pool_numpy
+from minibert.kernels.matmul import blas_row_tile
 
 from . import startup, threads, util
 from .config import load_config
@@ -66,6 +68,11 @@ class SentenceEncoder:
                 hint = f" Found only {', '.join(other)}."
             raise CheckpointError(f"{weights_path}: not found; minibert reads weights from model.safetensors.{hint}")
         self.weights = load_encoder_weights(weights_path, self.config, self.dtype)
+        # 1 where NumPy's BLAS gives a row the same bits in any batch; else the encoder lays texts out
+        # on its row tiles so that they still do; None: no tile found (kernels/matmul.py). Probed as
+        # the workers run BLAS, on one thread.
+        with threads.single_threaded_blas():
+            self.row_tile = blas_row_tile(self.dtype)
         p = self.pipeline
         if p.pooling_dim is not None and p.pooling_dim != self.config.dim:
             raise CheckpointError(
@@ -112,7 +119,12 @@ class SentenceEncoder:
         offsets = np.zeros(len(batch_ids) + 1, dtype=np.int64)
         offsets[1:] = np.cumsum([len(x) for x in batch_ids])
         flat = np.concatenate(batch_ids)
-        h = encode_packed(flat, offsets, self.weights, self.config, all_layers, query_threads, numba, first_token_only)
+        # With a row tile, BLAS must also run on one thread: splitting a matmul's rows between its
+        # threads would move them within their tiles (one long text alone then uses one core).
+        tile = self.row_tile or 1
+        with threads.single_threaded_blas() if tile > 1 else contextlib.nullcontext():
+            h = encode_packed(flat, offsets, self.weights, self.config, all_layers, query_threads, numba,
+                              first_token_only, tile)
         if first_token_only:  # one row per text, its [CLS] token: each text is now a text of one token
             offsets = np.arange(len(batch_ids) + 1, dtype=np.int64)
         return h, offsets

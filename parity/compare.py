@@ -27,7 +27,6 @@ what honest fp32 can promise, and the suite asks minibert to be no worse than tw
 import numpy as np
 
 from minibert import startup
-from minibert.kernels.matmul import blas_rows_independent
 
 from . import hf
 
@@ -124,8 +123,8 @@ def compare(model, texts, ref, progress=lambda msg: None):
     one_rel = rel_err(one, oracle_emb)[1]
     embedding["one_at_a_time"] = {"minibert_max_rel": one_rel, "vs_batched_max_rel": rel_err(one, emb)[1],
                                   "pass": one_rel <= oracle_report["allowed_rel"],
-                                  # whether this machine's BLAS lets a text's bits be independent of its batch
-                                  "blas_rows_independent": blas_rows_independent(model.dtype)}
+                                  # 1: BLAS gives a row the same bits anywhere; above 1, texts are laid out on tiles
+                                  "blas_row_tile": model.row_tile}
     with startup.forced(False):  # the path a process takes before Numba starts (minibert/startup.py)
         by_numpy = np.stack([model.encode(t) for t in texts]) if texts else emb
     numpy_rel = rel_err(by_numpy, oracle_emb)[1]

@@ -154,7 +154,7 @@ def test_cls_pooling_computes_only_the_first_token_in_the_last_layer(tmp_path, m
     from minibert import model as model_module
     seen = []
     real = model_module.encode_packed
-    monkeypatch.setattr(model_module, "encode_packed", lambda *a: seen.append(a[-1]) or real(*a))
+    monkeypatch.setattr(model_module, "encode_packed", lambda *a: seen.append(a[7]) or real(*a))  # first_token_only
     m = minibert.load(write_model(tmp_path / "m", pooling={"word_embedding_dimension": 32, **cfg}))
     texts = ["first text of the batch", "a second, longer text " * 5, "x"]
     got = m.encode(texts)
@@ -328,7 +328,10 @@ def test_queries_take_the_streaming_kernel_and_agree(model, monkeypatch):
     query = "how many people live in london"
     assert len(model.tokenize([query])[0]) <= encoder.SMALL_ROWS
     alone = model.encode(query)
-    assert calls and max(calls) <= encoder.SMALL_ROWS
+    if model.row_tile == 1:
+        assert calls and max(calls) <= encoder.SMALL_ROWS
+    else:  # a BLAS that sums a row by its place in a tile: no order to copy, so the query takes BLAS
+        assert not calls
     calls.clear()
     model.encode([query, "a second text"])
     assert not calls  # a batch stays with BLAS

@@ -1,10 +1,14 @@
 """The packed Numba forward pass against the padded NumPy textbook twin, layer by layer."""
 
+import contextlib
+
 import numpy as np
 import pytest
 
 import minibert
-from minibert.encoder import encode_packed, encode_reference, matmul
+from minibert import threads
+from minibert.encoder import encode_packed, encode_reference, matmul, tile_layout
+from minibert.kernels.matmul import blas_row_tile
 from minibert.kernels import unpack
 
 from helpers import rel_err, tiny_spec, write_model
@@ -49,11 +53,13 @@ def test_first_token_only_is_the_full_pass_first_rows(tmp_path, arch, dtype, num
     for batch, query_threads in calls:
         offsets = np.cumsum([0] + [len(x) for x in batch])
         flat = np.concatenate(batch)
+        tile = model.row_tile or 1  # above 1 (OpenBLAS's AVX2 kernels), as model._run calls it
         run = lambda first: encode_packed(flat, offsets, model.weights, model.config, query_threads=query_threads,  # noqa: E731
-                                          numba=numba, first_token_only=first)
-        first = run(True)
-        assert first.shape == (len(batch), model.config.dim)
-        np.testing.assert_array_equal(first, run(False)[offsets[:-1]])
+                                          numba=numba, first_token_only=first, row_tile=tile)
+        with threads.single_threaded_blas() if tile > 1 else contextlib.nullcontext():
+            first = run(True)
+            assert first.shape == (len(batch), model.config.dim)
+            np.testing.assert_array_equal(first, run(False)[offsets[:-1]])
 
 
 def test_first_token_only_refuses_what_it_cannot_do(tmp_path):
@@ -68,7 +74,14 @@ def test_first_token_only_refuses_what_it_cannot_do(tmp_path):
 def test_one_row_blas_matmul_has_gemm_bits():
     # NumPy hands a one-row product to BLAS's gemv, whose sums run in another order than gemm's:
     # encoder.matmul keeps a text's row the same bits alone as among other rows.
+    # On a BLAS with a row tile (OpenBLAS's AVX2 kernels) the encoder lays rows out on tiles instead.
     rng = np.random.default_rng(0)
-    for k, n in [(768, 768), (768, 3072), (3072, 768), (384, 1536)]:
-        x, w = rng.standard_normal((8, k), dtype=np.float32), rng.standard_normal((k, n), dtype=np.float32)
-        np.testing.assert_array_equal(matmul(x[:1], w, 0), (x @ w)[:1], err_msg=f"[1, {k}] @ [{k}, {n}]")
+    with threads.single_threaded_blas():
+        tile = blas_row_tile(np.float32)
+        alone, among = (tile_layout(np.array([0, 1]), tile), tile_layout(np.array([0, 1, 8]), tile)) if tile > 1 else (None, None)
+        for k, n in [(768, 768), (768, 3072), (3072, 768), (384, 1536)]:
+            x, w = rng.standard_normal((8, k), dtype=np.float32), rng.standard_normal((k, n), dtype=np.float32)
+            np.testing.assert_array_equal(matmul(x[:1], w, 0, alone), matmul(x, w, 0, among)[:1],
+                                          err_msg=f"[1, {k}] @ [{k}, {n}]")
+            if tile == 1:
+                np.testing.assert_array_equal(matmul(x[:1], w, 0), (x @ w)[:1], err_msg=f"[1, {k}] @ [{k}, {n}]")

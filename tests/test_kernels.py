@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from minibert import threads
 from minibert.kernels import (
     POOLING_MODES, attention_packed, attention_ref, bias_act, bias_act_ref, pack, pool, pool_ref,
     residual_layer_norm, residual_layer_norm_ref, unpack,
 )
 from minibert.kernels.activations import ACTIVATIONS
 from minibert.kernels.matmul import (
-    blas_k_blocks, blas_rows_independent, k_blocks_rule, matmul_ref, matmul_rows, matmul_rows_split, matmul_tiles_into,
+    blas_k_blocks, blas_row_tile, k_blocks_rule, matmul_ref, matmul_rows, matmul_rows_split, matmul_tiles_into,
 )
 
 TOL = {np.float32: 2e-6, np.float64: 1e-12}
@@ -335,21 +336,29 @@ def test_matmul_rows_gives_blas_bits(m, k, n, dtype, seed):
 
 def test_blas_order_is_found_for_the_model_shapes():
     # On NumPy's OpenBLAS (the wheel's), every K of the target models has a reproducible order;
-    # if this fails, queries still work (through BLAS) but lose the fast path.
+    # if this fails, queries still work (through BLAS) but lose the fast path. A BLAS with a row
+    # tile (OpenBLAS's AVX2 kernels) sums a row by its place in the tile, so queries take BLAS laid
+    # out on tiles (encoder.matmul) and never ask for an order; only tile-1 BLAS is held to this.
     for dtype in (np.float32, np.float64):
+        with threads.single_threaded_blas():
+            if blas_row_tile(dtype) != 1:
+                continue
         for k, n in ((384, 1152), (384, 384), (384, 1536), (1536, 384), (768, 2304), (768, 768), (768, 3072), (3072, 768)):
             blocks = blas_k_blocks(k, n, dtype)
             assert blocks is not None, f"K={k} {np.dtype(dtype).name}: BLAS's summation order not found"
             assert blocks[0] == 0 and blocks[-1] == k and (np.diff(blocks) > 0).all()
 
 
-def test_blas_gives_each_row_the_same_bits_in_any_batch():
+def test_blas_row_tile_is_found():
     # What minibert's identical-bits batch invariance rests on (a batch is one matmul over its texts'
-    # rows). If this fails, so do the bit-for-bit batch tests: the BLAS is the cause, not minibert.
-    for dtype in (np.float32, np.float64):
-        assert blas_rows_independent(dtype), (
-            f"NumPy's BLAS sums a row of a {np.dtype(dtype).name} matmul differently depending on the rows that share "
-            "its call (OpenBLAS's AVX2 kernel does): a text's embedding then depends on its batch (README, Numerics notes)")
+    # rows): either BLAS gives a row the same bits wherever it sits (tile 1, OpenBLAS's AVX-512
+    # kernels), or wherever it sits at the same place of a whole tile (OpenBLAS's AVX2 kernels),
+    # which the encoder then lays texts out on. Probed as minibert runs BLAS, on one thread.
+    with threads.single_threaded_blas():
+        for dtype in (np.float32, np.float64):
+            assert blas_row_tile(dtype) is not None, (
+                f"NumPy's BLAS sums a row of a {np.dtype(dtype).name} matmul differently depending on the rows that "
+                "share its call, in no tile pattern tried: a text's embedding may then move with its batch by ~1e-6")
 
 
 def _openblas_avx2_available():  # NumPy's own OpenBLAS, on a CPU that can run its AVX2 kernel
@@ -362,15 +371,16 @@ def _openblas_avx2_available():  # NumPy's own OpenBLAS, on a CPU that can run i
 
 
 @pytest.mark.skipif(not _openblas_avx2_available(), reason="needs NumPy's OpenBLAS on an x86 CPU with AVX2")
-def test_blas_rows_independent_sees_openblas_avx2_kernel():
-    # The probe must be able to say no: OpenBLAS's Haswell sgemm kernel (chosen on CPUs with AVX2 but
-    # not AVX-512) sums a row by its place in a 12-row tile. OPENBLAS_CORETYPE forces that kernel here.
-    code = ("import numpy as np; from minibert.kernels.matmul import blas_rows_independent as f; "
-            "print(f(np.float32), f(np.float64))")
+def test_blas_row_tile_of_openblas_avx2_kernel():
+    # OpenBLAS's Haswell kernels (chosen on CPUs with AVX2 but not AVX-512) sum a row by its place in
+    # a tile of 12 rows (sgemm) or 2 (dgemm). OPENBLAS_CORETYPE forces them here; the batch tests
+    # run under them too in .ci/run.
+    code = ("import numpy as np; from minibert import threads; from minibert.kernels.matmul import blas_row_tile as f\n"
+            "with threads.single_threaded_blas(): print(f(np.float32), f(np.float64))")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        env={**os.environ, "OPENBLAS_CORETYPE": "Haswell"})
     assert p.returncode == 0, p.stderr[-2000:]
-    assert p.stdout.split() == ["False", "False"]
+    assert p.stdout.split() == ["12", "2"]
 
 
 def test_k_blocks_rule():
