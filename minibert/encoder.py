@@ -88,7 +88,7 @@ def matmul(x, w, query_threads, layout=None):  # [N, in], [in, out], int, tile_l
 def self_attention(x, offsets, lw, cfg, query_threads, numba, first_token_only=False, layouts=(None, None)):  # [N, D], [B + 1] -> [N, D] (or [B, D]), before the output bias
     qkv = matmul(x, lw.qkv_w, query_threads, layouts[0])  # [N, 3D]: Q | K | V in one matmul
     qkv += lw.qkv_b
-    # BLAS on one thread, as in a batch's workers: for P V with 448 < T < 512 keys, OpenBLAS's threaded
+    # BLAS on one thread, as in a batch's workers: for P V with 449-500 keys, OpenBLAS's threaded
     # driver cuts the K sum at another place than its one-thread driver, so a long text alone (BLAS
     # on two threads) got other bits than in a batch (benchmarks/NOTES.md section 21).
     with single_threaded_blas():
@@ -108,7 +108,8 @@ def encoder_block(x, offsets, lw, cfg, query_threads, numba, first_token_only=Fa
     """``first_token_only``: attention runs as always (every token is a key and a value), then only
     each text's first token ([CLS]) goes on through the output projection, the feed-forward block
     and the layer norms. Those act on each token by itself, so its row comes out the same bits as
-    in the full block (BLAS's gemm sums a row in the same order whatever the number of rows)."""
+    in the full block (BLAS's gemm sums a row in the same order whatever the number of rows; on a
+    BLAS with a row tile, each first token starts a tile, as it does in the full block)."""
     eps = cfg.layer_norm_eps
     a = self_attention(x, offsets, lw, cfg, query_threads, numba, first_token_only, layouts)
     if first_token_only:
