@@ -18,6 +18,8 @@ other. ``encode_packed(..., numba=False)`` runs the same steps with the NumPy mi
 kernel, for a short call before Numba has started (minibert/startup.py): same bits in practice.
 """
 
+import contextlib
+
 import numpy as np
 
 from minibert.kernels import (
@@ -129,7 +131,8 @@ def encode_packed(ids, offsets, w, cfg, all_layers=False, query_threads=0, numba
     block (their keys and values are still needed): D^2 + 2 D F of 4 D^2 + 2 D F multiply-adds per
     token (9 of 12 D^2 with F = 4D), bit for bit the same first rows as the full pass.
     ``row_tile``: NumPy's BLAS's row tile (kernels/matmul.py, ``blas_row_tile``); above 1, every
-    matmul lays its rows out with ``tile_layout`` (and [CLS]-only rows as texts of one token)."""
+    matmul lays its rows out with ``tile_layout`` (and [CLS]-only rows as texts of one token), on
+    one BLAS thread."""
     if query_threads and not numba:
         raise ValueError("encode_packed: query_threads needs Numba's streaming kernel; pass 0 with numba=False")
     if first_token_only and all_layers:
@@ -139,13 +142,16 @@ def encode_packed(ids, offsets, w, cfg, all_layers=False, query_threads=0, numba
     layouts = (None, None)
     if row_tile > 1:
         layouts = (tile_layout(offsets, row_tile), tile_layout(np.arange(len(offsets)), row_tile))
-    x = embed(ids, offsets, w, cfg, numba)
-    states = [x.copy()] if all_layers else None
-    for i, lw in enumerate(w.layers):
-        last = first_token_only and i == len(w.layers) - 1
-        x = encoder_block(x, offsets, lw, cfg, query_threads, numba, last, layouts)  # updates x in place
-        if all_layers:
-            states.append(x.copy())
+    # With a row tile, BLAS must also run on one thread: splitting a matmul's rows between its
+    # threads would move them within their tiles (one long text alone then uses one core).
+    with single_threaded_blas() if row_tile > 1 else contextlib.nullcontext():
+        x = embed(ids, offsets, w, cfg, numba)
+        states = [x.copy()] if all_layers else None
+        for i, lw in enumerate(w.layers):
+            last = first_token_only and i == len(w.layers) - 1
+            x = encoder_block(x, offsets, lw, cfg, query_threads, numba, last, layouts)  # updates x in place
+            if all_layers:
+                states.append(x.copy())
     return states if all_layers else x
 
 

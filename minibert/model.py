@@ -6,7 +6,6 @@ Texts are sorted by length and cut into batches of ``batch_size``; each batch ru
 tokens in one [N, D] matrix, no padding), so a text's embedding does not depend on its neighbours.
 """
 
-import contextlib
 import os
 from pathlib import Path
 
@@ -119,12 +118,8 @@ class SentenceEncoder:
         offsets = np.zeros(len(batch_ids) + 1, dtype=np.int64)
         offsets[1:] = np.cumsum([len(x) for x in batch_ids])
         flat = np.concatenate(batch_ids)
-        # With a row tile, BLAS must also run on one thread: splitting a matmul's rows between its
-        # threads would move them within their tiles (one long text alone then uses one core).
-        tile = self.row_tile or 1
-        with threads.single_threaded_blas() if tile > 1 else contextlib.nullcontext():
-            h = encode_packed(flat, offsets, self.weights, self.config, all_layers, query_threads, numba,
-                              first_token_only, tile)
+        h = encode_packed(flat, offsets, self.weights, self.config, all_layers, query_threads, numba,
+                          first_token_only, self.row_tile or 1)
         if first_token_only:  # one row per text, its [CLS] token: each text is now a text of one token
             offsets = np.arange(len(batch_ids) + 1, dtype=np.int64)
         return h, offsets

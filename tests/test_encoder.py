@@ -1,7 +1,5 @@
 """The packed Numba forward pass against the padded NumPy textbook twin, layer by layer."""
 
-import contextlib
-
 import numpy as np
 import pytest
 
@@ -53,13 +51,11 @@ def test_first_token_only_is_the_full_pass_first_rows(tmp_path, arch, dtype, num
     for batch, query_threads in calls:
         offsets = np.cumsum([0] + [len(x) for x in batch])
         flat = np.concatenate(batch)
-        tile = model.row_tile or 1  # above 1 (OpenBLAS's AVX2 kernels), as model._run calls it
         run = lambda first: encode_packed(flat, offsets, model.weights, model.config, query_threads=query_threads,  # noqa: E731
-                                          numba=numba, first_token_only=first, row_tile=tile)
-        with threads.single_threaded_blas() if tile > 1 else contextlib.nullcontext():
-            first = run(True)
-            assert first.shape == (len(batch), model.config.dim)
-            np.testing.assert_array_equal(first, run(False)[offsets[:-1]])
+                                          numba=numba, first_token_only=first, row_tile=model.row_tile or 1)
+        first = run(True)
+        assert first.shape == (len(batch), model.config.dim)
+        np.testing.assert_array_equal(first, run(False)[offsets[:-1]])
 
 
 def test_first_token_only_refuses_what_it_cannot_do(tmp_path):
