@@ -38,25 +38,9 @@ ERF_ONE_FROM = 4.5  # |z| from which erf is taken as +-1 (1 - erf(4.5) = 2e-10)
 ERF_LARGE = (-4.7415313762708246e-07, 1.916306652541446e-06, -8.792751322203336e-07, -9.726935101869941e-06, 2.8685570869473073e-05, -3.37011796946476e-05, -2.2263883022975283e-05, 0.0001933004346446651, -0.00048645887326751326, 0.0008105065898444254, -0.0010053201282665713, 0.0009576459929072053, -0.0006996284085696348, 0.00038243988201326574, -0.00014822566057275555, 3.64863024499857e-05, 0.9999956972214066)
 
 
-# ---------------------------------------------------------------- NumPy twins (the math)
+# ---------------------------------------------------------------- the fit, and the NumPy mirror of the kernel
 
 _erf = np.vectorize(math.erf, otypes=[np.float64])  # NumPy has no erf; libm's is exact to ~1 ulp
-
-
-def gelu_erf_ref(x):  # [...] -> [...]
-    return (0.5 * x * (1.0 + _erf(x.astype(np.float64) * _INV_SQRT_2))).astype(x.dtype)
-
-
-def gelu_tanh_ref(x):  # [...] -> [...]
-    return 0.5 * x * (1.0 + np.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x**3)))
-
-
-def relu_ref(x):  # [...] -> [...]
-    return np.maximum(x, 0)
-
-
-def bias_act_ref(h, bias, activation):  # [N, F], [F], str -> [N, F]
-    return {"gelu_erf": gelu_erf_ref, "gelu_tanh": gelu_tanh_ref, "relu": relu_ref}[activation](h + bias)
 
 
 def fit_erf(degree_small=12, degree_large=16):  # -> (ERF_SMALL, ERF_LARGE): how the constants were made
@@ -68,7 +52,6 @@ def fit_erf(degree_small=12, degree_large=16):  # -> (ERF_SMALL, ERF_LARGE): how
     large = chebyshev.cheb2poly(chebyshev.chebfit(u, _erf(u * 1.25 + 3.25), degree_large))
     return tuple(small[::-1]), tuple(large[::-1])
 
-# ---------------------------------------------------------------- NumPy mirror of the kernel
 
 
 def erf_fast_numpy(z):  # float64 [...] -> [...]: erf_fast below, the same steps on arrays
@@ -84,7 +67,8 @@ def erf_fast_numpy(z):  # float64 [...] -> [...]: erf_fast below, the same steps
 
 def bias_act_numpy(h, bias, activation):  # [N, F] (in place), [F], int code -> [N, F]
     """bias_act without Numba: the kernel's float64 steps, with its own erf for float32 (the
-    twins above use libm's erf, so they differ from the kernel in the last bit of ~1e-4 of values)."""
+    model to read, minibert/bert.py, uses libm's erf: it differs from both in the last bit of ~1e-4
+    of float32 values)."""
     x = (h + bias).astype(np.float64)  # the bias added in h's dtype first, as the kernel does
     if activation == GELU_ERF:
         erf = _erf if h.dtype == np.float64 else erf_fast_numpy

@@ -23,18 +23,7 @@ import math
 import numpy as np
 from .jit import intrinsic, njit
 
-# ---------------------------------------------------------------- NumPy twins (the math)
-
-
-def softmax_ref(x):  # [..., T] -> [..., T]
-    e = np.exp(x - x.max(axis=-1, keepdims=True))  # shifting by the max changes nothing but overflow
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def attention_ref(q, k, v, mask):  # [B, H, T, Dh] x3, [B, T] -> [B, H, T, Dh]
-    scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(q.shape[-1])  # [B, H, T, T]
-    scores = np.where(mask[:, None, None, :] > 0, scores, -np.inf)  # a padding key is never attended
-    return softmax_ref(scores) @ v
+# ---------------------------------------------------------------- packed and padded layouts
 
 
 def pack(padded, lengths):  # [B, T, ...], [B] -> [N, ...], [B + 1]
@@ -203,10 +192,10 @@ def softmax_rows_libm(scores, scale):  # [R, T] (in place), float -> [R, T]
 SCORES_BYTES = 1 << 20  # scores handled at once: about one core's L2 (1 MiB on Zen 4, 1-2 MiB on Xeons)
 
 
-def attention_packed(qkv, offsets, n_heads, out, numba=True):  # [N, 3D], [B + 1], int, [N, D], bool -> [N, D]
+def attention_packed(qkv, offsets, n_heads, out, softmax=softmax_rows):  # [N, 3D], [B + 1], int, [N, D], fn -> [N, D]
     """Each text attends over its own tokens only. Texts of equal length (common: batches are
-    length-sorted) share one batched matmul; the matmuls go to BLAS, the softmax to Numba (or, with
-    ``numba=False``, to its NumPy mirror)."""
+    length-sorted) share one batched matmul; the matmuls go to BLAS, the softmax to ``softmax``
+    (the Numba kernel, or its NumPy mirror ``softmax_rows_numpy``)."""
     if qkv.ndim != 2 or qkv.shape[1] % 3 or n_heads < 1 or (qkv.shape[1] // 3) % n_heads:
         raise ValueError(f"attention_packed: qkv must be [N, 3D] with D a multiple of n_heads={n_heads}, "
                          f"got shape {qkv.shape}")
@@ -217,7 +206,6 @@ def attention_packed(qkv, offsets, n_heads, out, numba=True):  # [N, 3D], [B + 1
                          f"(results are written through views of it), got shape {out.shape}")
     lengths = np.diff(offsets)
     exact = qkv.dtype == np.float64
-    softmax = softmax_rows if numba else softmax_rows_numpy
     b = 0
     while b < len(lengths):
         t, e = int(lengths[b]), b

@@ -15,22 +15,18 @@ import math
 import numpy as np
 from .jit import njit
 
-# ---------------------------------------------------------------- NumPy twins (the math)
+# ---------------------------------------------------------------- NumPy mirror of the kernel
 
 
-def layer_norm_ref(v, gamma, beta, eps):  # [..., D], [D], [D], float -> [..., D] in v's dtype
-    # In float64 and rounded once, step for step as the kernel below: then the two agree to the
-    # bit but for rare elements, and this twin can stand in for the kernel (kernels/jit.py).
-    x = v.astype(np.float64)
-    mean = x.sum(axis=-1, keepdims=True) / x.shape[-1]
-    c = x - mean
-    var = (c * c).sum(axis=-1, keepdims=True) / x.shape[-1]  # biased variance, as torch's LayerNorm
-    return (c * (1.0 / np.sqrt(var + eps)) * gamma + beta).astype(v.dtype)
-
-
-def residual_layer_norm_ref(x, bias, residual, gamma, beta, eps):  # [N, D], [D], [N, D], [D], [D] -> [N, D]
-    v = x.astype(np.float64) + bias + residual  # the sum in float64 too, as the kernel takes it
-    return layer_norm_ref(v, gamma, beta, eps).astype(x.dtype)
+def residual_layer_norm_numpy(x, bias, residual, gamma, beta, eps, out):  # as residual_layer_norm, without Numba
+    """The kernel's float64 steps on whole arrays, rounded once on assignment to ``out``: the
+    kernel's bits but for rare elements (its sums run in another order)."""
+    v = x.astype(np.float64) + bias + residual
+    mean = v.sum(axis=-1, keepdims=True) / v.shape[-1]
+    c = v - mean
+    var = (c * c).sum(axis=-1, keepdims=True) / v.shape[-1]  # biased variance, as torch's LayerNorm
+    out[...] = c * (1.0 / np.sqrt(var + eps)) * gamma + beta
+    return out
 
 # ---------------------------------------------------------------- Numba kernel
 

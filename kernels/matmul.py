@@ -49,12 +49,6 @@ TILE_ROWS = 4  # rows of x per register tile (x is padded with zero rows to a mu
 TILE_VECTORS = 4  # vectors of out per tile row: 4 x 16 float32 = 64 columns, 4 cache lines of each W row
 SUB_K = 16  # rows of W per sub-block: 16 was fastest from memory (8-64 tried: NOTES section 15)
 
-# ---------------------------------------------------------------- NumPy twin (the math)
-
-
-def matmul_ref(x, w):  # [M, K], [K, N] -> [M, N]
-    return x @ w
-
 # ---------------------------------------------------------------- Numba kernels
 
 

@@ -21,10 +21,10 @@ from .jit import njit
 POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
 _CODES = {mode: i for i, mode in enumerate(POOLING_MODES)}
 
-# ---------------------------------------------------------------- NumPy twin (the math)
+# ---------------------------------------------------------------- NumPy mirror of the kernel
 
 
-def pool_ref(tokens, mask, mode):  # [B, T, D], [B, T], str -> [B, D]
+def pool_padded(tokens, mask, mode):  # [B, T, D], [B, T], str -> [B, D]: sentence-transformers' padded form
     m = mask[:, :, None].astype(np.float64)
     h = tokens.astype(np.float64)
     n = np.maximum(m.sum(axis=1), 1e-9)  # [B, 1]; the clamp is sentence-transformers' guard against 0
@@ -47,9 +47,9 @@ def pool_ref(tokens, mask, mode):  # [B, T, D], [B, T], str -> [B, D]
 
 
 def pool_numpy(tokens, offsets, mode):  # [N, D], [B + 1], str -> [B, D]: ``pool`` without Numba
-    # The twin already sums in float64 in the kernel's order (token by token) and rounds once.
+    # The padded form sums in float64 in the kernel's order (token by token) and rounds once.
     padded, mask = unpack(tokens, offsets)
-    return pool_ref(padded, mask, mode)
+    return pool_padded(padded, mask, mode)
 
 # ---------------------------------------------------------------- Numba kernel
 

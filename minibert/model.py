@@ -2,28 +2,31 @@
 
     texts --tokenize--> ids --encoder--> token vectors --pool--> [normalize] --> embeddings
 
-Texts are sorted by length and cut into batches of ``batch_size``; each batch runs packed (all its
-tokens in one [N, D] matrix, no padding), so a text's embedding does not depend on its neighbours.
+Texts are sorted by length and cut into batches of ``batch_size``; each batch is dealt to the
+plan's worker threads, and each share runs packed (all its tokens in one [N, D] matrix, no
+padding), so a text's embedding does not depend on its neighbours. minibert/plan.py decides how a
+call runs, minibert/engine.py runs it (or minibert/bert.py, with ``engine="reference"``).
 """
 
+from __future__ import annotations
+
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from minibert.kernels import pool, pool_numpy
-from minibert.kernels.matmul import blas_row_tile
-
-from . import startup, threads, util
+from . import bert, engine, threads, util
 from .config import load_config
-from .encoder import SMALL_ROWS, encode_packed
 from .errors import CheckpointError, MinibertError, read_json
 from .pipeline import read_pipeline
+from .plan import plan
 from .sources import DEFAULT_MODEL, resolve
 from .tokenizer import WordPieceTokenizer
 from .weights import load_encoder_weights
 
 _DTYPES = {"float32": np.float32, "float64": np.float64}
+ENGINES = ("fast", "reference")
 OUTPUT_VALUES = ("sentence_embedding", "token_embeddings")
 
 
@@ -48,8 +51,10 @@ def _check_texts(sentences):  # str | sequence of str -> (list[str], was_single)
 class SentenceEncoder:
     """A loaded BERT/DistilBERT sentence-transformers model. Build it with ``minibert.load``."""
 
-    def __init__(self, path, dtype="float32", source=None):
+    def __init__(self, path: str | os.PathLike, dtype: str = "float32", source: str | None = None,
+                 engine: str = "fast"):
         self.dtype = _compute_dtype(dtype)
+        self.engine = _engine_name(engine)
         self.path, self.source = Path(path), source or f"local directory {path}"
         self.pipeline = read_pipeline(self.path)
         tdir = self.pipeline.transformer_dir
@@ -66,21 +71,15 @@ class SentenceEncoder:
             elif other:
                 hint = f" Found only {', '.join(other)}."
             raise CheckpointError(f"{weights_path}: not found; minibert reads weights from model.safetensors.{hint}")
-        self.weights = load_encoder_weights(weights_path, self.config, self.dtype)
-        # 1 where NumPy's BLAS gives a row the same bits in any batch; else the encoder lays texts out
-        # on its row tiles so that they still do; None: no tile found (kernels/matmul.py). Probed as
-        # the workers run BLAS, on one thread.
-        with threads.single_threaded_blas():
-            self.row_tile = blas_row_tile(self.dtype)
         p = self.pipeline
         if p.pooling_dim is not None and p.pooling_dim != self.config.dim:
             raise CheckpointError(
                 f"{self.path}: the pooling config expects {p.pooling_dim}-dim tokens, the encoder makes {self.config.dim}")
+        self.weights = load_encoder_weights(weights_path, self.config, self.dtype)
         # sentence-transformers: max_seq_length from sentence_bert_config.json, else the tokenizer's
         # model_max_length, capped by the position table (a longer input has no position vector).
         limit = p.max_seq_length or _tokenizer_max_length(tdir) or self.config.max_positions
-        self.max_seq_length = min(int(limit), self.config.max_positions)
-        self.tokenizer = WordPieceTokenizer(tdir, self.max_seq_length, p.do_lower_case)
+        self.tokenizer = WordPieceTokenizer(tdir, min(int(limit), self.config.max_positions), p.do_lower_case)
         if self.tokenizer.vocab_size > self.config.vocab_size:
             raise CheckpointError(
                 f"{tdir}: the tokenizer has {self.tokenizer.vocab_size} tokens but the embedding table only "
@@ -89,15 +88,19 @@ class SentenceEncoder:
         self.similarity_fn_name = p.similarity_fn_name
         self.dim = self.config.dim * len(self.pooling_modes)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         c = self.config
         return (f"SentenceEncoder({c.arch}, {c.n_layers} x {c.dim}, pooling={'+'.join(self.pooling_modes)}, "
                 f"normalize={self.normalize}, score={self.similarity_fn_name}, max_seq_length={self.max_seq_length}, "
-                f"dtype={self.dtype.name}, from {self.source})")
+                f"dtype={self.dtype.name}, engine={self.engine}, from {self.source})")
+
+    @property
+    def max_seq_length(self) -> int:  # tokens per text, [CLS] and [SEP] included; longer texts are cut
+        return self.tokenizer.max_seq_length
 
     # ------------------------------------------------------------------ tokens
 
-    def tokenize(self, sentences):  # list[str] -> list of [n_i] int64 id arrays
+    def tokenize(self, sentences: str | Sequence[str]) -> list[np.ndarray]:  # -> list of [n_i] int64 id arrays
         texts, _ = _check_texts(sentences)
         return self.tokenizer.encode(texts)
 
@@ -114,92 +117,98 @@ class SentenceEncoder:
             raise ValueError(f"{where}[{bad[0]}] = {a[bad[0]]} is not a token id (vocabulary has {self.config.vocab_size})")
         return a.astype(np.int64)
 
-    def _run(self, batch_ids, all_layers=False, query_threads=0, numba=True, first_token_only=False):  # list of [n_i] -> packed [N, D] (or L + 1 of them), [B + 1]
-        offsets = np.zeros(len(batch_ids) + 1, dtype=np.int64)
-        offsets[1:] = np.cumsum([len(x) for x in batch_ids])
-        flat = np.concatenate(batch_ids)
-        h = encode_packed(flat, offsets, self.weights, self.config, all_layers, query_threads, numba,
-                          first_token_only, self.row_tile or 1)
-        if first_token_only:  # one row per text, its [CLS] token: each text is now a text of one token
-            offsets = np.arange(len(batch_ids) + 1, dtype=np.int64)
-        return h, offsets
-
-    def hidden_states(self, input_ids):  # list of [n_i] id sequences -> list of [L + 1, n_i, D]
+    def hidden_states(self, input_ids: Iterable[Sequence[int]]) -> list[np.ndarray]:  # -> list of [L + 1, n_i, D]
         """Every layer's output (embeddings first) for each given token-id sequence, no pooling."""
         if input_ids is None or isinstance(input_ids, (str, bytes)):
             raise TypeError("input_ids must be a list of token-id sequences")
         seqs = [self._check_ids(x, f"input_ids[{i}]") for i, x in enumerate(input_ids)]
-        if not seqs:
-            return []
-        numba = startup.use_numba(sum(map(len, seqs)))
-        with startup.timed(numba):
-            if numba and len(seqs) == 1 and len(seqs[0]) <= SMALL_ROWS:  # computed as encode computes a query
-                with threads.plan(1, True) as (_, query_threads):
-                    states, offsets = self._run(seqs, all_layers=True, query_threads=query_threads)
-            else:
-                states, offsets = self._run(seqs, all_layers=True, numba=numba)
-        stacked = np.stack(states)  # [L + 1, N, D]
-        return [stacked[:, offsets[b]:offsets[b + 1]] for b in range(len(seqs))]
+        return self._run(seqs, "hidden_states", batch_size=max(len(seqs), 1)) if seqs else []
 
     # ------------------------------------------------------------------ embeddings
 
-    def encode(self, sentences, batch_size=32, show_progress_bar=None, normalize_embeddings=False,
-               output_value="sentence_embedding"):
+    def encode(self, sentences: str | Sequence[str], batch_size: int = 32, show_progress_bar: bool | None = None,
+               normalize_embeddings: bool = False, output_value: str = "sentence_embedding"):
         """str -> [dim]; list[str] -> [n, dim]; output_value="token_embeddings" -> list of [n_i, D]."""
         texts, single = _check_texts(sentences)
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if output_value not in OUTPUT_VALUES:
             raise ValueError(f"output_value must be one of {', '.join(OUTPUT_VALUES)}, got {output_value!r}")
-        tokens = output_value == "token_embeddings"
-        # [CLS] pooling reads one token per text: the last layer computes only that one (encoder.py).
-        first_token_only = not tokens and self.pooling_modes == ("cls",)
-        ids = self.tokenizer.encode(texts)
+        results = self._run(self.tokenizer.encode(texts), output_value, batch_size, normalize_embeddings,
+                            bool(show_progress_bar))
+        return results[0] if single else results
+
+    def _run(self, ids, output, batch_size, normalize=False, progress=False):  # list of [n_i] -> results in input order
         # Longest first, like sentence-transformers; packing means order affects speed only.
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-        results = [None] * len(ids) if tokens else np.empty((len(ids), self.dim), dtype=self.dtype)
+        pooled = output == "sentence_embedding"
+        results = np.empty((len(ids), self.dim), dtype=self.dtype) if pooled else [None] * len(ids)
         starts = range(0, len(ids), batch_size)
-        if show_progress_bar:
+        if progress:
             from tqdm.auto import tqdm
 
             starts = tqdm(starts, desc="Batches", unit="batch")
-        numba = startup.use_numba(sum(map(len, ids)))  # a short call may run without Numba (startup.py)
-        short = numba and max(map(len, ids), default=0) <= SMALL_ROWS  # the streaming kernel is Numba's
-        with startup.timed(numba), threads.plan(len(ids), short) as (workers, query_threads):
+        with plan(self, [len(x) for x in ids], output) as p:
             for start in starts:
                 idx = order[start:start + batch_size]
-                # Texts dealt out in turn, there and back (longest first: 0 1 1 0 0 1 ...), so
-                # the shares have about as many tokens. Nothing is padded, so a text's result
-                # does not depend on which share it lands in.
-                shares = _deal(idx, min(workers, len(idx)))
-                run = lambda share: self._run([ids[i] for i in share], query_threads=query_threads, numba=numba,  # noqa: E731
-                                              first_token_only=first_token_only)
-                outputs = threads.map_shares(run, shares)
-                for share, (h, offsets) in zip(shares, outputs):
-                    self._collect(share, h, offsets, results, tokens, normalize_embeddings, numba)
-        return results[0] if single else results
+                # Texts dealt out in turn, there and back (longest first: 0 1 1 0 0 1 ...), so the
+                # shares have about as many tokens. Nothing is padded, so a text's result does not
+                # depend on which share it lands in.
+                shares = _deal(idx, min(p.workers, len(idx)))
+                outputs = threads.map_shares(lambda share: self._forward(share, [ids[i] for i in share], p, output,
+                                                                         normalize), shares)
+                for share, out in zip(shares, outputs):
+                    if pooled:
+                        results[share] = out
+                    else:
+                        for i, o in zip(share, out):
+                            results[i] = o
+        return results
 
-    def _collect(self, idx, h, offsets, results, tokens, normalize_embeddings, numba):  # packed outputs -> per text
+    def _forward(self, idx, batch, p, output, normalize):  # texts' indices, their ids, Plan -> their results
+        if p.reference:
+            return self._forward_reference(idx, batch, output, normalize)
+        offsets = np.zeros(len(batch) + 1, dtype=np.int64)
+        offsets[1:] = np.cumsum([len(x) for x in batch])
+        states = engine.forward(np.concatenate(batch), offsets, self.weights, self.config, p)
+        if p.first_token_only:  # one row per text, its [CLS] token: each text is now a text of one token
+            offsets = np.arange(len(batch) + 1, dtype=np.int64)
+        h = states[-1]
+        self._check_finite(h, offsets, idx)
+        if output == "sentence_embedding":
+            return self.pool(h, offsets, p, normalize)
+        if output == "token_embeddings":
+            return [h[offsets[b]:offsets[b + 1]].copy() for b in range(len(batch))]
+        stacked = np.stack(states)  # [L + 1, N, D]
+        return [stacked[:, offsets[b]:offsets[b + 1]] for b in range(len(batch))]
+
+    def _forward_reference(self, idx, batch, output, normalize):  # minibert/bert.py, text by text
+        w, cfg = self.weights, self.config
+        states = [bert.hidden_states(ids, w, cfg) for ids in batch]
+        for i, s in zip(idx, states):
+            self._check_finite(s[-1], np.array([0, len(s[-1])]), [i])
+        if output == "hidden_states":
+            return states
+        if output == "token_embeddings":
+            return [s[-1] for s in states]
+        vectors = [np.concatenate([bert.pool(s[-1], mode) for mode in self.pooling_modes]) for s in states]
+        return np.stack([bert.normalize(v) for v in vectors] if self.normalize or normalize else vectors)
+
+    def _check_finite(self, h, offsets, idx):  # NaN/inf weights (or an fp16 overflow) must never become a silent embedding
         bad = np.flatnonzero(~np.isfinite(h).all(axis=1))
-        if bad.size:  # NaN/inf weights (or an fp16 overflow) must never become a silent embedding
+        if bad.size:
             text = idx[int(np.searchsorted(offsets, bad[0], side="right")) - 1]
             raise MinibertError(
                 f"the encoder output for text {text} is not finite (NaN or inf): the weights in "
                 f"{self.path} hold non-finite values or overflow in {self.dtype.name}")
-        if tokens:
-            for b, i in enumerate(idx):
-                results[i] = h[offsets[b]:offsets[b + 1]].copy()
-        else:
-            results[idx] = self.pool(h, offsets, normalize_embeddings, numba)
 
-    def pool(self, h, offsets, normalize_embeddings=False, numba=True):  # [N, D], [B + 1] -> [B, dim]
-        pool_texts = pool if numba else pool_numpy
-        pooled = np.concatenate([pool_texts(h, offsets, mode) for mode in self.pooling_modes], axis=1)
+    def pool(self, h, offsets, p, normalize_embeddings=False):  # [N, D], [B + 1], Plan -> [B, dim]
+        pooled = engine.pool(h, offsets, self.pooling_modes, p)
         if self.normalize or normalize_embeddings:
             pooled = util.normalize_embeddings(pooled).astype(self.dtype)
         return pooled
 
-    def similarity(self, a, b):  # [n_a, dim], [n_b, dim] -> [n_a, n_b] with the model's own score
+    def similarity(self, a, b) -> np.ndarray:  # [n_a, dim], [n_b, dim] -> [n_a, n_b] with the model's own score
         return util.SIMILARITY[self.similarity_fn_name](a, b)
 
 
@@ -221,15 +230,28 @@ def _compute_dtype(dtype):  # "float32" | np.float32 | ... -> np.dtype, or a cle
     return np.dtype(name)
 
 
+def _engine_name(engine):
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(map(repr, ENGINES))}, got {engine!r}")
+    return engine
+
+
 def _tokenizer_max_length(model_dir):  # tokenizer_config.json's model_max_length, when sane
     value = (read_json(Path(model_dir) / "tokenizer_config.json", required=False) or {}).get("model_max_length")
     return int(value) if isinstance(value, (int, float)) and 2 <= value < 1e6 else None
 
 
-def load(name_or_path=DEFAULT_MODEL, *, revision=None, cache_dir=None, local_files_only=False, dtype="float32"):
-    """Load a sentence-transformers BERT/DistilBERT model from a directory or a hub id."""
+def load(name_or_path: str | os.PathLike = DEFAULT_MODEL, *, revision: str | None = None,
+         cache_dir: str | os.PathLike | None = None, local_files_only: bool = False, dtype: str = "float32",
+         engine: str = "fast") -> SentenceEncoder:
+    """Load a sentence-transformers BERT/DistilBERT model from a directory or a hub id.
+
+    ``dtype``: "float32" or "float64" (the whole encoder in that precision). ``engine``: "fast"
+    (minibert/engine.py) or "reference" (minibert/bert.py: plain NumPy, one text at a time, slow;
+    for reading and debugging)."""
     _compute_dtype(dtype)  # fail before any download
+    _engine_name(engine)
     if local_files_only or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         local_files_only = True
     found = resolve(name_or_path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
-    return SentenceEncoder(found.path, dtype=dtype, source=found.source)
+    return SentenceEncoder(found.path, dtype=dtype, source=found.source, engine=engine)

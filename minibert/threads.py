@@ -111,32 +111,21 @@ def single_threaded_blas():  # yields True when BLAS is single-threaded inside t
                 set_fn(_saved_threads)
 
 
-@contextlib.contextmanager
-def workers_for(n_texts):  # yields how many workers may share the batches of this call
-    workers = n_workers() if n_texts > 1 else 1
-    if workers == 1:
-        yield 1
-        return
-    with single_threaded_blas() as ok:
-        yield workers if ok else 1
+def split_allowed():  # may this process split a query over Numba's threads?
+    return _split_allowed
 
 
 @contextlib.contextmanager
-def plan(n_texts, short):  # yields (workers sharing the texts, threads of one query's matmuls; 0: a batch)
-    """``short``: the texts fit the streaming matmul kernel (encoder.SMALL_ROWS tokens or fewer)."""
+def split_query():  # yields True while this thread holds the query split, False when another does
     global _split_used
-    if n_texts != 1 or not short:
-        with workers_for(n_texts) as workers:
-            yield workers, 0
-    elif n_workers() == 1 or not _split_allowed or not _split_lock.acquire(blocking=False):
-        yield 1, 1
-    else:
-        _split_used = True
-        try:
-            with single_threaded_blas():
-                yield 1, n_workers()
-        finally:
-            _split_lock.release()
+    if not _split_lock.acquire(blocking=False):
+        yield False
+        return
+    _split_used = True
+    try:
+        yield True
+    finally:
+        _split_lock.release()
 
 
 def map_shares(fn, shares):  # [fn(share) for share in shares], on the worker threads when several

@@ -26,7 +26,7 @@ what honest fp32 can promise, and the suite asks minibert to be no worse than tw
 
 import numpy as np
 
-from minibert import startup
+from minibert import plan
 
 from . import hf
 
@@ -83,7 +83,7 @@ def compare(model, texts, ref, progress=lambda msg: None):
 
     # ---- layers (both fed transformers' ids)
     progress("minibert: hidden states")
-    with startup.forced(True):  # the Numba kernels, whatever the call's size; the NumPy path is checked below
+    with plan.forced("numba"):  # the Numba kernels, whatever the call's size; the NumPy path is checked below
         mine = model.hidden_states(ref_ids)
     layers = []
     for layer in range(len(theirs[0])):
@@ -104,7 +104,7 @@ def compare(model, texts, ref, progress=lambda msg: None):
 
     # ---- pooled embedding
     progress("minibert: sentence embeddings")
-    with startup.forced(True):
+    with plan.forced("numba"):
         emb = model.encode(texts)
     st_emb, oracle_emb = ref["emb"], ref["oracle_emb"]
     cos = (emb * st_emb).sum(1) / np.maximum(np.linalg.norm(emb, axis=1) * np.linalg.norm(st_emb, axis=1), 1e-30)
@@ -118,14 +118,14 @@ def compare(model, texts, ref, progress=lambda msg: None):
                      "closer": ("n/a: in float64, transformers is the oracle" if dtype == "float64" else
                                 "minibert" if o_mb_abs < o_t_abs else "torch" if o_t_abs < o_mb_abs else "tie")}
     embedding["pass"] = o_mb_rel <= oracle_report["allowed_rel"]
-    with startup.forced(True):
+    with plan.forced("numba"):
         one = np.stack([model.encode(t) for t in texts]) if texts else emb
     one_rel = rel_err(one, oracle_emb)[1]
     embedding["one_at_a_time"] = {"minibert_max_rel": one_rel, "vs_batched_max_rel": rel_err(one, emb)[1],
                                   "pass": one_rel <= oracle_report["allowed_rel"],
                                   # 1: BLAS gives a row the same bits anywhere; above 1, texts are laid out on tiles
-                                  "blas_row_tile": model.row_tile}
-    with startup.forced(False):  # the path a process takes before Numba starts (minibert/startup.py)
+                                  "blas_row_tile": plan.row_tile(model.dtype)}
+    with plan.forced("numpy"):  # the path a process takes before Numba starts (minibert/plan.py)
         by_numpy = np.stack([model.encode(t) for t in texts]) if texts else emb
     numpy_rel = rel_err(by_numpy, oracle_emb)[1]
     embedding["numpy_path"] = {"minibert_max_rel": numpy_rel, "vs_numba_max_rel": rel_err(by_numpy, one)[1],

@@ -1,4 +1,4 @@
-"""``python -m parity MODEL``: the command-line face of parity.compare."""
+"""``python -m minibert.parity MODEL``: the command-line face of minibert.parity.compare."""
 
 import argparse
 import json
@@ -64,7 +64,7 @@ def format_report(r):  # report dict -> readable table
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m parity", description=(
+    ap = argparse.ArgumentParser(prog="python -m minibert.parity", description=(
         "Compare minibert with transformers and sentence-transformers on MODEL: token ids, every layer's "
         "hidden states, the pooled embedding, and both against a float64 oracle. Exit 0 within tolerance, 1 not."))
     ap.add_argument("model", help="model directory or hub id")

@@ -6,7 +6,7 @@ with realistic weight scales: default init (std 0.02) gives near-uniform attenti
 activations, which would hide bugs (a wrong softmax axis or a swapped GELU barely shows). Here:
 weights N(0, 0.06), embeddings N(0, 0.5), layer-norm gains 1 + N(0, 0.2), biases N(0, 0.05).
 
-    python -m parity.standins OUT_DIR [NAME ...]     writes each stand-in to OUT_DIR/NAME
+    python -m minibert.parity.standins OUT_DIR [NAME ...]     writes each stand-in to OUT_DIR/NAME
 """
 
 import hashlib
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-TOKENIZER_DIR = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "tokenizer"  # bert-base-uncased vocab
+TOKENIZER_DIR = Path(__file__).resolve().parent / "tokenizer"  # the bert-base-uncased vocabulary (see its NOTICE)
 
 # name -> what it stands in for. `tokenizer`: "json" ships tokenizer.json (with MiniLM's baked-in
 # padding and truncation, a trap to disable), "vocab" ships only vocab.txt + tokenizer_config.json.
@@ -124,7 +124,7 @@ def write_standin(name, out_dir, spec=None):  # -> Path of the model directory
 
 if __name__ == "__main__":
     if len(sys.argv) < 2:
-        sys.exit(f"usage: python -m parity.standins OUT_DIR [{' '.join(STANDINS)}]")
+        sys.exit(f"usage: python -m minibert.parity.standins OUT_DIR [{' '.join(STANDINS)}]")
     for n in sys.argv[2:] or list(STANDINS):
         if n not in STANDINS:
             sys.exit(f"unknown stand-in {n!r}; known: {', '.join(STANDINS)}")

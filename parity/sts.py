@@ -1,9 +1,10 @@
-"""``python -m parity.sts MODEL``: STS Benchmark (test split) Spearman x 100 of cosine similarity.
+"""``python -m minibert.parity.sts MODEL DATA``: STS Benchmark (test split) Spearman x 100 of cosine similarity.
 
 Parity of quality, not only of numbers: embed both sentence columns, score each pair by cosine,
 and rank-correlate with the gold scores. all-MiniLM-L6-v2 is published at 82.03 (MTEB);
 sentence-transformers gives 82.05 on this file. Reports minibert and, when installed,
-sentence-transformers side by side.
+sentence-transformers side by side. DATA is the STS Benchmark test split as a TSV (genre, file,
+year, id, gold score, sentence 1, sentence 2, ...; no header), as the STS Benchmark distributes it.
 """
 
 import argparse
@@ -14,17 +15,19 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "stsbenchmark-test.tsv"
-
-
 def read_sts(path):  # -> (sentences1, sentences2, gold scores [n])
     s1, s2, gold = [], [], []
+    p = Path(path)
+    if not p.is_file():
+        raise SystemExit(f"parity.sts: the STS Benchmark file {p} does not exist (give the test split's TSV)")
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        lines = p.read_text(encoding="utf-8").split("\n")
     except (OSError, UnicodeDecodeError) as e:
-        raise SystemExit(f"parity.sts: cannot read {path}: {e}")
+        raise SystemExit(f"parity.sts: cannot read {p}: {e}")
+    if lines and lines[-1] == "":
+        lines.pop()
     for n, line in enumerate(lines, 1):
-        cols = line.split("\t")  # tabs only: sentences contain quotes, so no CSV parser
+        cols = line.rstrip("\r").split("\t")  # tabs only: sentences contain quotes, so no CSV parser
         if len(cols) < 7:
             raise SystemExit(f"parity.sts: {path}:{n}: expected at least 7 tab-separated columns, got {len(cols)}")
         try:
@@ -61,9 +64,9 @@ def cosine_pairs(e1, e2):  # [n, D], [n, D] -> [n]
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m parity.sts", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m minibert.parity.sts", description=__doc__.split("\n\n")[0])
     ap.add_argument("model", help="model directory or hub id")
-    ap.add_argument("--data", default=str(DEFAULT_DATA), help="STS Benchmark TSV (default: ../shared/data)")
+    ap.add_argument("data", help="the STS Benchmark test split, a TSV file (e.g. stsbenchmark-test.tsv)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--no-st", action="store_true", help="skip sentence-transformers even if installed")
     ap.add_argument("--json", dest="json_out", metavar="OUT")

@@ -1,6 +1,5 @@
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,11 +8,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 # Every call on Numba's kernels from the first one, whatever this session ran before: a test of the
 # streaming query kernel must not meet the NumPy path that short calls take while Numba is not
-# started (minibert/startup.py). The tests of that path and of the choice set it themselves.
+# started (minibert/plan.py). The tests of that path and of the choice set it themselves.
 os.environ["MINIBERT_NUMBA"] = "1"
-sys.path.insert(0, str(ROOT))  # for `parity.standins` (NumPy only) and `tests.helpers`
 
-from parity import standins  # noqa: E402
+from minibert.parity import standins  # noqa: E402
 from minibert.sources import from_packages  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures"

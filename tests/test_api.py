@@ -151,10 +151,10 @@ def test_pooling_configs(tmp_path, cfg, modes):
 def test_cls_pooling_computes_only_the_first_token_in_the_last_layer(tmp_path, monkeypatch, cfg, shortcut):
     # Only [CLS] pooling alone may skip the other tokens' last feed-forward block (model.py): the
     # embedding is then the full pass's first token, bit for bit, in a batch and alone.
-    from minibert import model as model_module
+    from minibert import engine
     seen = []
-    real = model_module.encode_packed
-    monkeypatch.setattr(model_module, "encode_packed", lambda *a: seen.append(a[7]) or real(*a))  # first_token_only
+    real = engine.forward
+    monkeypatch.setattr(engine, "forward", lambda *a: seen.append(a[-1].first_token_only) or real(*a))  # the plan
     m = minibert.load(write_model(tmp_path / "m", pooling={"word_embedding_dimension": 32, **cfg}))
     texts = ["first text of the batch", "a second, longer text " * 5, "x"]
     got = m.encode(texts)
@@ -321,15 +321,16 @@ def test_batches_are_bit_identical_whatever_the_batching(model):
 def test_queries_take_the_streaming_kernel_and_agree(model, monkeypatch):
     # One short text alone runs its dense layers in kernels/matmul.py, not BLAS (split over the
     # cores unless another query holds them); the answer is the same either way, bit for bit.
-    from minibert import encoder
+    from minibert import engine, plan
+    monkeypatch.setattr(plan, "_QUERY_TIMES", {})  # (earlier tests' query times, on a busy machine, must not decide)
     calls = []
-    real = encoder.matmul_rows_split
-    monkeypatch.setattr(encoder, "matmul_rows_split", lambda x, *rest: calls.append(len(x)) or real(x, *rest))
+    real = engine.matmul_rows_split
+    monkeypatch.setattr(engine, "matmul_rows_split", lambda x, *rest: calls.append(len(x)) or real(x, *rest))
     query = "how many people live in london"
-    assert len(model.tokenize([query])[0]) <= encoder.SMALL_ROWS
+    assert len(model.tokenize([query])[0]) <= plan.SMALL_ROWS
     alone = model.encode(query)
-    if model.row_tile == 1:
-        assert calls and max(calls) <= encoder.SMALL_ROWS
+    if plan.row_tile(model.dtype) == 1:
+        assert calls and max(calls) <= plan.SMALL_ROWS
     else:  # a BLAS that sums a row by its place in a tile: no order to copy, so the query takes BLAS
         assert not calls
     calls.clear()

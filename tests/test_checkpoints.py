@@ -10,7 +10,7 @@ from minibert import CheckpointError, UnsupportedModelError
 from minibert.weights import read_safetensors
 
 from helpers import rel_err, tiny_spec, write_model
-from parity.standins import standin_tensors
+from minibert.parity.standins import standin_tensors
 
 TEXTS = ["the printing press", "", "Café 北京 🍕"]
 
@@ -153,7 +153,7 @@ def test_missing_path_and_file_path(tmp_path):
 ])
 def test_bad_config(tmp_path, change, error, match):
     spec = tiny_spec()
-    from parity.standins import model_config
+    from minibert.parity.standins import model_config
     cfg = {**model_config(spec), **change}
     cfg = {k: v for k, v in cfg.items() if v is not None or k == "model_type"}
     with pytest.raises(error, match=match):
@@ -162,13 +162,13 @@ def test_bad_config(tmp_path, change, error, match):
 
 def test_sinusoidal_distilbert_rejected(tmp_path):
     spec = tiny_spec(arch="distilbert")
-    from parity.standins import model_config
+    from minibert.parity.standins import model_config
     with pytest.raises(UnsupportedModelError, match="sinusoidal"):
         minibert.load(write_model(tmp_path / "m", spec, config={**model_config(spec), "sinusoidal_pos_embds": True}))
 
 
 def test_activation_names(tmp_path):
-    from parity.standins import model_config
+    from minibert.parity.standins import model_config
     spec = tiny_spec()
     out = {}
     for act in ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu"):

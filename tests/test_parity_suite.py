@@ -14,8 +14,8 @@ import pytest
 import minibert
 
 pytest.importorskip("sentence_transformers", reason="the parity suite needs the [parity] extra")
-from parity import hf  # noqa: E402
-from parity.compare import collect_reference, compare  # noqa: E402
+from minibert.parity import hf  # noqa: E402
+from minibert.parity.compare import collect_reference, compare  # noqa: E402
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 TEXTS = hf.edge_texts()[:12] + hf.default_texts()[-8:-4]  # edges plus a few long ones (up to ~500 tokens)
@@ -61,9 +61,9 @@ def test_padding_in_the_mean_is_caught_at_the_embedding(bge):
     m = minibert.load(d)
     real_pool = m.pool
 
-    def pool_counting_padding(h, offsets, normalize_embeddings=False, numba=True):  # sum / longest length in the batch
+    def pool_counting_padding(h, offsets, p, normalize_embeddings=False):  # sum / longest length in the batch
         lengths = np.diff(offsets)
-        return real_pool(h, offsets, normalize_embeddings, numba) * (lengths / lengths.max())[:, None].astype(h.dtype)
+        return real_pool(h, offsets, p, normalize_embeddings) * (lengths / lengths.max())[:, None].astype(h.dtype)
 
     m.pool = pool_counting_padding
     r = compare(m, TEXTS, ref)
@@ -96,8 +96,8 @@ def test_cli_json_and_exit_code(bge, tmp_path):
     texts = tmp_path / "texts.json"
     texts.write_text(json.dumps(TEXTS[:6]))
     out = tmp_path / "report.json"
-    p = subprocess.run([sys.executable, "-m", "parity", str(d), "--texts", str(texts), "--json", str(out)],
-                       cwd=ROOT, capture_output=True, text=True)
+    p = subprocess.run([sys.executable, "-m", "minibert.parity", str(d), "--texts", str(texts), "--json", str(out)],
+                       cwd=tmp_path, capture_output=True, text=True)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "verdict     PASS" in p.stdout and "block 3" in p.stdout
     r = json.loads(out.read_text())
@@ -109,16 +109,16 @@ def test_cli_json_and_exit_code(bge, tmp_path):
     # txt input, float64
     txt = tmp_path / "texts.txt"
     txt.write_text("first text\n\nthird, after an empty one\n")
-    p = subprocess.run([sys.executable, "-m", "parity", str(d), "--texts", str(txt), "--dtype", "float64"],
-                       cwd=ROOT, capture_output=True, text=True)
+    p = subprocess.run([sys.executable, "-m", "minibert.parity", str(d), "--texts", str(txt), "--dtype", "float64"],
+                       cwd=tmp_path, capture_output=True, text=True)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "3 texts" in p.stdout
 
 
 def test_cli_bad_arguments(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "parity", str(tmp_path / "missing")], cwd=ROOT, capture_output=True, text=True)
+    p = subprocess.run([sys.executable, "-m", "minibert.parity", str(tmp_path / "missing")], cwd=tmp_path, capture_output=True, text=True)
     assert p.returncode != 0 and "parity:" in p.stderr and "Traceback" not in p.stderr
     bad = tmp_path / "t.json"
     bad.write_text('{"not": "a list"}')
-    p = subprocess.run([sys.executable, "-m", "parity", str(tmp_path), "--texts", str(bad)], cwd=ROOT, capture_output=True, text=True)
+    p = subprocess.run([sys.executable, "-m", "minibert.parity", str(tmp_path), "--texts", str(bad)], cwd=tmp_path, capture_output=True, text=True)
     assert p.returncode != 0 and "list of strings" in p.stderr

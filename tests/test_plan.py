@@ -1,9 +1,9 @@
-"""NumPy first, Numba once it pays (minibert/startup.py, kernels/jit.py).
+"""The planner (minibert/plan.py): one function decides how a call runs.
 
-A short call in a fresh process runs the kernels' NumPy mirrors without importing Numba; a batch,
-or enough short calls, start Numba. The two paths must give the same embeddings: the same bits for
-nearly every text (measured: 2,549 of the 2,552 distinct STS test sentences, the other three
-within 4e-7), and always within the batch-invariance bound of 1e-6.
+Among its rules: NumPy first, Numba once it pays (kernels/jit.py). A short call in a fresh process
+runs the kernels' NumPy mirrors without importing Numba; a batch, or enough short calls, start
+Numba. The two paths must give the same embeddings: the same bits for nearly every text, and
+always within the batch-invariance bound of 1e-6.
 """
 
 import json
@@ -15,13 +15,15 @@ import numpy as np
 import pytest
 
 import minibert
-from minibert import startup, threads
+from minibert import plan, threads
+from minibert.engine import BlasDense, StreamingDense, TiledBlasDense
 from minibert.kernels import jit
 from minibert.kernels.matmul import blas_row_tile
-from tests.helpers import rel_err
+from minibert.parity.hf import default_texts
+from helpers import rel_err, tiny_spec, write_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TEXTS = [t for group in json.load(open(os.path.join(ROOT, "parity", "texts.json"))).values() for t in group]
+TEXTS = default_texts()
 
 
 def run_fresh(code, *args, numba=None, **env_vars):  # run code in a fresh interpreter; MINIBERT_NUMBA as given
@@ -64,11 +66,11 @@ print("numba" in sys.modules)
 
 def test_numpy_path_gives_the_numba_paths_embeddings(minilm_dir):
     m = minibert.load(minilm_dir)
-    with startup.forced(False):
+    with plan.forced("numpy"):
         by_numpy = np.stack([m.encode(t) for t in TEXTS])
         batch_numpy = m.encode(TEXTS)
         states_numpy = m.hidden_states(m.tokenize(TEXTS[:3]))
-    with startup.forced(True):
+    with plan.forced("numba"):
         by_numba = np.stack([m.encode(t) for t in TEXTS])
         batch_numba = m.encode(TEXTS)
         states_numba = m.hidden_states(m.tokenize(TEXTS[:3]))
@@ -80,33 +82,103 @@ def test_numpy_path_gives_the_numba_paths_embeddings(minilm_dir):
         assert rel_err(a, b) <= 1e-6
 
 
-def test_choice_of_path(monkeypatch):
+class FakeModel:  # what the planner reads of a model
+    def __init__(self, pooling_modes=("mean",), engine="fast"):
+        self.pooling_modes, self.engine, self.dtype = pooling_modes, engine, np.dtype(np.float32)
+
+
+def kernels_of(lengths, output="sentence_embedding"):
+    with plan.plan(FakeModel(), lengths, output) as p:
+        return p.kernels.name
+
+
+def test_numba_or_numpy(monkeypatch):
     started = []
     monkeypatch.setattr(jit, "started", lambda: bool(started))
     monkeypatch.setattr(jit, "start", lambda: started.append(True))
-    monkeypatch.setattr(startup, "_numpy_seconds", 0.0)
+    monkeypatch.setattr(plan, "_numpy_seconds", 0.0)
+    monkeypatch.setattr(plan, "row_tile", lambda dtype: 1)
+    monkeypatch.setattr(plan, "_query_blocks", lambda model, split: None)  # (no model weights to probe here)
     monkeypatch.setenv("MINIBERT_NUMBA", "auto")
-    assert not startup.use_numba(startup.NUMPY_CALL_TOKENS) and not started
-    assert startup.use_numba(startup.NUMPY_CALL_TOKENS + 1) and started  # a batch starts Numba ...
-    assert startup.use_numba(3)  # ... and from then on every call takes it
+    assert kernels_of([plan.NUMPY_CALL_TOKENS]) == "numpy" and not started
+    assert kernels_of([plan.NUMPY_CALL_TOKENS, 1]) == "numba" and started  # a batch starts Numba ...
+    assert kernels_of([3]) == "numba"  # ... and from then on every call takes it
     started.clear()
-    startup.spent_on_numpy(startup.NUMPY_SECONDS / 2)
-    assert not startup.use_numba(3) and not started
-    with startup.timed(numba=False):
-        startup.spent_on_numpy(startup.NUMPY_SECONDS / 2)  # (as if the call had taken that long)
-    assert startup.use_numba(3) and started  # short calls have spent what Numba's start costs
+    plan._spent_on_numpy(plan.NUMPY_SECONDS / 2)
+    assert kernels_of([3]) == "numpy" and not started
+    with plan.plan(FakeModel(), [3], "sentence_embedding"):  # a call's time on NumPy counts toward the start
+        plan._spent_on_numpy(plan.NUMPY_SECONDS / 2)  # (as if the call had taken that long)
+    assert kernels_of([3]) == "numba" and started  # short calls have spent what Numba's start costs
     started.clear()
     monkeypatch.setenv("MINIBERT_NUMBA", "0")
-    assert not startup.use_numba(10**6) and not started
+    assert kernels_of([10**6]) == "numpy" and not started
     monkeypatch.setenv("MINIBERT_NUMBA", "1")
-    monkeypatch.setattr(startup, "_numpy_seconds", 0.0)
-    assert startup.use_numba(1) and started
+    monkeypatch.setattr(plan, "_numpy_seconds", 0.0)
+    assert kernels_of([1]) == "numba" and started
     started.clear()
-    with startup.forced(False):
-        assert not startup.use_numba(10**6)
+    with plan.forced("numpy"):
+        assert kernels_of([10**6]) == "numpy"
     monkeypatch.setenv("MINIBERT_NUMBA", "yes")
     with pytest.raises(ValueError, match="MINIBERT_NUMBA must be 0, 1 or auto, got 'yes'"):
-        startup.use_numba(1)
+        kernels_of([1])
+    with pytest.raises(ValueError, match="output must be one of"):
+        kernels_of([1], output="pooled")
+
+
+def test_one_function_decides_each_call(tmp_path, monkeypatch):
+    # What each kind of call gets; every rule of plan.py's docstring, seen from outside.
+    monkeypatch.delenv("MINIBERT_NUM_THREADS", raising=False)
+    mean = minibert.load(write_model(tmp_path / "mean"))
+    cls = minibert.load(write_model(tmp_path / "cls", pooling={"word_embedding_dimension": 32, "pooling_mode": "cls"}))
+    with threads.single_threaded_blas():
+        tile = blas_row_tile(np.float32)
+    cores = threads.n_workers()
+
+    def decided(model, lengths, output="sentence_embedding"):
+        with plan.plan(model, lengths, output) as p:
+            return p
+
+    batch, long_one, query = decided(mean, [20, 9, 3]), decided(mean, [200]), decided(mean, [9])
+    if tile == 1:
+        assert isinstance(batch.dense, BlasDense) and batch.workers == cores
+        assert isinstance(long_one.dense, BlasDense) and long_one.workers == 1
+        assert isinstance(query.dense, StreamingDense) and query.workers == 1 and query.dense.threads in (1, cores)
+    else:  # a BLAS with a row tile: every call lays its rows out on the tiles
+        assert all(isinstance(p.dense, TiledBlasDense) for p in (batch, long_one, query))
+    assert not batch.first_token_only and decided(cls, [20, 9]).first_token_only
+    assert not decided(cls, [20, 9], "token_embeddings").first_token_only  # token vectors need every token
+    states = decided(mean, [5, 7], "hidden_states")
+    assert states.all_layers and not states.first_token_only and not batch.all_layers
+    with plan.forced("numpy"):
+        assert isinstance(decided(mean, [9]).dense, BlasDense if tile == 1 else TiledBlasDense)  # streaming is Numba's
+    ref = minibert.load(write_model(tmp_path / "ref"), engine="reference")
+    assert decided(ref, [20, 9]).reference and not batch.reference
+    assert "reference" in plan.describe(decided(ref, [3])) and "kernels" in plan.describe(batch)
+
+
+def test_query_threads_follow_how_busy_the_cores_are():
+    # Split queries while they run near their best; a busy neighbour core makes every split wait
+    # for the scheduler, so then run on one thread and try splitting again now and then, less and
+    # less often while it keeps not paying.
+    t = plan.QueryTimes()
+    for _ in range(5):
+        assert t.split_pays()
+        t.record(2, 0.004)
+    t.record(2, 0.2)  # one slow split query: not yet a trend
+    assert t.split_pays()
+    t.record(2, 0.2)  # two of the last three slow (their median): the cores are busy
+    chosen = []
+    for _ in range(8 + 16 + 32):
+        chosen.append(t.split_pays())
+        if chosen[-1]:
+            t.record(2, 0.2)  # the probe: still slow
+        else:
+            t.record(1, 0.008)
+    assert [i for i, c in enumerate(chosen) if c] == [7, 7 + 16, 7 + 16 + 32]  # probes after 8, 16, 32 queries
+    while not t.split_pays():
+        t.record(1, 0.008)
+    t.record(2, 0.004)  # the neighbour left: the probe is faster than one thread
+    assert all(t.split_pays() for _ in range(10))
 
 
 def test_declared_kernels_start_numba_when_called():
@@ -150,7 +222,7 @@ for d in sys.argv[1:]:  # BERT fp32, BERT fp16 on disk, DistilBERT: every weight
     m.encode(["hi there"])  # a query: the streaming matmul kernels
     m.encode(["a text of a good many words " * 4] * 3)  # a batch: BLAS and the per-token kernels
 os.environ["MINIBERT_NUM_THREADS"] = "1"
-m.encode(["hi there"])  # a query on one thread: matmul_rows, on the same matmul_rows_into
+m.encode(["hi there"])  # a query on one thread: matmul_rows, on the same matmul_tiles_into
 for k in jit._declared:
     overloads = getattr(k.compiled, "overloads", {})
     print(k.__name__, len(overloads))
