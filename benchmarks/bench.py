@@ -17,7 +17,6 @@ Not part of CI: it takes minutes and measures this machine, not correctness.
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -50,7 +49,7 @@ def build_corpus(n_texts, seed=0, sentences_share=0.85):  # -> list[str]: senten
             texts.append(sentences[rng.integers(len(sentences))])
         else:
             start, k = rng.integers(len(sentences) - 60), int(rng.integers(5, 45))
-            texts.append(" ".join(sentences[start:start + k]))
+            texts.append(" ".join(sentences[start : start + k]))
     return texts
 
 
@@ -72,6 +71,7 @@ def fma_peak_gflops(threads=THREADS):  # the cores' float32 ceiling: independent
 
     start()  # the vector intrinsics are Numba's from here on
     import numba
+
     from minibert.kernels.simd import LANES, vfma, vload, vstore
 
     @numba.njit(nogil=True)
@@ -107,6 +107,7 @@ def model_flops(cfg, lengths):  # dense + attention multiply-adds x 2 for a whol
     attention = 2 * 2 * D * L * int(np.sum(np.asarray(lengths, np.int64) ** 2))
     return dense + attention
 
+
 # ------------------------------------------------------------------ engines
 
 
@@ -127,6 +128,7 @@ class SentenceTransformers:
 
     def __init__(self, model_dir):
         import torch
+
         from parity.hf import load_sentence_transformer
 
         torch.set_num_threads(THREADS)
@@ -148,6 +150,7 @@ class OnnxRuntime:
     def __init__(self, model_dir, minibert_model):
         import onnxruntime as ort
         import torch
+
         from parity.hf import load_sentence_transformer
 
         st = load_sentence_transformer(model_dir)
@@ -175,8 +178,16 @@ class OnnxRuntime:
         self_names = self.names
         axes = {n: {0: "batch", 1: "seq"} for n in self.names}
         axes["hidden"] = {0: "batch", 1: "seq"}
-        torch.onnx.export(Wrapped(auto), tuple(inputs.values()), str(self.path), input_names=self.names,
-                          output_names=["hidden"], dynamic_axes=axes, opset_version=17, dynamo=False)
+        torch.onnx.export(
+            Wrapped(auto),
+            tuple(inputs.values()),
+            str(self.path),
+            input_names=self.names,
+            output_names=["hidden"],
+            dynamic_axes=axes,
+            opset_version=17,
+            dynamo=False,
+        )
         so = ort.SessionOptions()
         so.intra_op_num_threads, so.inter_op_num_threads = THREADS, 1
         self.session = ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
@@ -186,9 +197,14 @@ class OnnxRuntime:
         order = np.argsort([-len(t) for t in texts], kind="stable")
         out = [None] * len(texts)
         for s in range(0, len(texts), BATCH):
-            idx = order[s:s + BATCH]
-            enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation="longest_first",
-                                 max_length=self.max_len, return_tensors="np")
+            idx = order[s : s + BATCH]
+            enc = self.tokenizer(
+                [texts[i] for i in idx],
+                padding=True,
+                truncation="longest_first",
+                max_length=self.max_len,
+                return_tensors="np",
+            )
             feeds = {n: enc[n].astype(np.int64) if n in enc else np.zeros_like(enc["input_ids"]) for n in self.names}
             h = self.session.run(None, feeds)[0]
             mask = enc["attention_mask"][:, :, None].astype(np.float32)
@@ -204,6 +220,7 @@ class OnnxRuntime:
             for k, i in enumerate(idx):
                 out[i] = e[k]
         return np.stack(out)
+
 
 # ------------------------------------------------------------------ measurements
 
@@ -234,8 +251,11 @@ COLD = {
     "minibert (runtime deps only)": (_NO_SCIPY + _MB, {}),
     "minibert, Numba from the first call": (_MB, {"MINIBERT_NUMBA": "1"}),
     "  the same, runtime deps only": (_NO_SCIPY + _MB, {"MINIBERT_NUMBA": "1"}),
-    "sentence-transformers": ("from sentence_transformers import SentenceTransformer; "
-                              "SentenceTransformer({d!r}, device='cpu').encode(['hi'])", {}),
+    "sentence-transformers": (
+        "from sentence_transformers import SentenceTransformer; "
+        "SentenceTransformer({d!r}, device='cpu').encode(['hi'])",
+        {},
+    ),
 }
 
 
@@ -244,12 +264,18 @@ def cold_start(engine, model_dir, env=None, runs=3):  # wall seconds and peak RS
     code, engine_env = COLD[engine]
     env = {**engine_env, **(env or {})}
     code = code.format(d=str(model_dir)) + (
-        "; import sys; print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1], file=sys.stderr)")
+        "; import sys; print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1],"
+        " file=sys.stderr)"
+    )
     walls, rss = [], []
     for _ in range(runs):
         t = time.perf_counter()
-        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           env={**os.environ, "HF_HUB_OFFLINE": "1", **env})
+        p = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
+        )
         walls.append(time.perf_counter() - t)
         if p.returncode:
             raise RuntimeError(p.stderr[-2000:])
@@ -271,8 +297,13 @@ def bench_model(label, model_dir, texts, repeats, query):
     reference = mb.encode(texts[:64])
     for eng in engines:
         secs = throughput(eng, texts, repeats, reference)
-        rows[eng.name] = {"seconds": secs, "tokens_per_s": n_tok / secs, "texts_per_s": len(texts) / secs,
-                          "gflops": flops / secs / 1e9, "query_latency_ms": 1000 * latency(eng, query)}
+        rows[eng.name] = {
+            "seconds": secs,
+            "tokens_per_s": n_tok / secs,
+            "texts_per_s": len(texts) / secs,
+            "gflops": flops / secs / 1e9,
+            "query_latency_ms": 1000 * latency(eng, query),
+        }
         print(f"  {eng.name:<22} {n_tok / secs:9.0f} tokens/s", file=sys.stderr)
     weights = (Path(model_dir) / "model.safetensors").stat().st_size / 2**20
     # Let the engines above go idle first: right after them a DistilBERT cold start measured
@@ -282,51 +313,79 @@ def bench_model(label, model_dir, texts, repeats, query):
         wall, rss = cold_start(name, model_dir)
         rows.setdefault(name, {}).update(cold_start_s=wall, peak_rss_mib=rss)
     with tempfile.TemporaryDirectory() as cache:  # a cold Numba cache: every kernel compiles
-        rows["minibert"]["cold_cache_start_s"] = cold_start("minibert, Numba from the first call", model_dir,
-                                                            {"NUMBA_CACHE_DIR": cache}, runs=1)[0]
+        rows["minibert"]["cold_cache_start_s"] = cold_start(
+            "minibert, Numba from the first call", model_dir, {"NUMBA_CACHE_DIR": cache}, runs=1
+        )[0]
     # One query on the path a process takes before Numba has started (NumPy mirrors of the kernels).
     from minibert import startup
 
     with startup.forced(False):
         rows["minibert"]["query_numpy_ms"] = 1000 * latency(mb, query)
-    return {"model": label, "dir": str(model_dir), "texts": len(texts), "tokens": n_tok, "weights_mib": weights,
-            "flops": flops, "pooling": list(mb.model.pooling_modes), "engines": rows}
+    return {
+        "model": label,
+        "dir": str(model_dir),
+        "texts": len(texts),
+        "tokens": n_tok,
+        "weights_mib": weights,
+        "flops": flops,
+        "pooling": list(mb.model.pooling_modes),
+        "engines": rows,
+    }
 
 
 def print_table(result, gflops, peak, corpus):
-    print(f"\nmachine: {os.cpu_count()} cores, NumPy sgemm {gflops:.0f} GFLOP/s (the cores' FMA peak: {peak:.0f}), "
-          f"batch {BATCH}, {THREADS} threads, corpus {corpus!r}")
+    print(
+        f"\nmachine: {os.cpu_count()} cores, NumPy sgemm {gflops:.0f} GFLOP/s (the cores' FMA peak: {peak:.0f}), "
+        f"batch {BATCH}, {THREADS} threads, corpus {corpus!r}"
+    )
     for r in result:
         e = r["engines"]
         st, ort = e.get("sentence-transformers"), e.get("onnxruntime")
         print(f"\n{r['model']}: {r['texts']} texts, {r['tokens']} tokens, weights {r['weights_mib']:.0f} MiB")
-        print(f"{'engine':<36} {'tokens/s':>9} {'texts/s':>8} {'x ST':>6} {'x ORT':>6} {'roofline':>8} "
-              f"{'query ms':>8} {'cold s':>7} {'RSS MiB':>8}")
+        print(
+            f"{'engine':<36} {'tokens/s':>9} {'texts/s':>8} {'x ST':>6} {'x ORT':>6} {'roofline':>8} "
+            f"{'query ms':>8} {'cold s':>7} {'RSS MiB':>8}"
+        )
         for name, row in e.items():
             if "tokens_per_s" not in row:
-                print(f"{name:<36} {'':>9} {'':>8} {'':>6} {'':>6} {'':>8} {'':>8} {row['cold_start_s']:7.2f} {row['peak_rss_mib']:8.0f}")
+                print(
+                    f"{name:<36} {'':>9} {'':>8} {'':>6} {'':>6} {'':>8} {'':>8} "
+                    f"{row['cold_start_s']:7.2f} {row['peak_rss_mib']:8.0f}"
+                )
                 continue
             x_st = row["tokens_per_s"] / st["tokens_per_s"] if st else float("nan")
             x_ort = row["tokens_per_s"] / ort["tokens_per_s"] if ort else float("nan")
             cold = f"{row['cold_start_s']:7.2f}" if "cold_start_s" in row else f"{'-':>7}"
             rss = f"{row['peak_rss_mib']:8.0f}" if "peak_rss_mib" in row else f"{'-':>8}"
-            print(f"{name:<36} {row['tokens_per_s']:9.0f} {row['texts_per_s']:8.1f} {x_st:6.2f} {x_ort:6.2f} "
-                  f"{100 * row['gflops'] / gflops:7.0f}% {row['query_latency_ms']:8.2f} {cold} {rss}")
+            print(
+                f"{name:<36} {row['tokens_per_s']:9.0f} {row['texts_per_s']:8.1f} {x_st:6.2f} {x_ort:6.2f} "
+                f"{100 * row['gflops'] / gflops:7.0f}% {row['query_latency_ms']:8.2f} {cold} {rss}"
+            )
         mb = e["minibert"]
-        print(f"minibert cold start with an empty Numba cache (Numba from the first call, every kernel compiles): "
-              f"{mb['cold_cache_start_s']:.2f} s")
+        print(
+            f"minibert cold start with an empty Numba cache (Numba from the first call, every kernel compiles): "
+            f"{mb['cold_cache_start_s']:.2f} s"
+        )
         print(f"minibert one query before Numba has started (NumPy path): {mb['query_numpy_ms']:.2f} ms")
         if r.get("pooling") == ["cls"]:
-            print("[CLS] pooling: minibert's last layer carries only [CLS] past attention (minibert/encoder.py), so its\n"
-                  "roofline share counts the other tokens' feed-forward work, which it skips; the other engines do it.")
+            print(
+                "[CLS] pooling: minibert's last layer carries only [CLS] past attention (minibert/encoder.py), so its\n"
+                "roofline share counts the other tokens' feed-forward work, which it skips; the other engines do it."
+            )
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", nargs="+", default=["distilbert", "minilm"], choices=["distilbert", "minilm", "distilbert-cls"])
+    ap.add_argument(
+        "--models", nargs="+", default=["distilbert", "minilm"], choices=["distilbert", "minilm", "distilbert-cls"]
+    )
     ap.add_argument("--texts", type=int, default=1000)
-    ap.add_argument("--corpus", choices=list(CORPORA), default="mixed",
-                    help="mixed: 85%% sentences, 15%% paragraphs up to 512 tokens (the default); sentences: no paragraphs")
+    ap.add_argument(
+        "--corpus",
+        choices=list(CORPORA),
+        default="mixed",
+        help="mixed: 85%% sentences, 15%% paragraphs up to 512 tokens (the default); sentences: no paragraphs",
+    )
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", dest="json_out")
     args = ap.parse_args()
@@ -337,17 +396,31 @@ def main():
     gflops, peak = sgemm_gflops(), fma_peak_gflops()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        dirs = {"distilbert": ("DistilBERT-base stand-in (768 x 6)", lambda: standins.write_standin("distilbert-mean", Path(tmp) / "d")),
-                "minilm": ("all-MiniLM-L6-v2 (384 x 6)", lambda: from_packages("sentence-transformers/all-MiniLM-L6-v2").path),
-                "distilbert-cls": ("DistilBERT-base [CLS]-pooling stand-in (768 x 6, as msmarco-distilbert-base-tas-b)",
-                                   lambda: standins.write_standin("distilbert-cls", Path(tmp) / "c"))}
+        dirs = {
+            "distilbert": (
+                "DistilBERT-base stand-in (768 x 6)",
+                lambda: standins.write_standin("distilbert-mean", Path(tmp) / "d"),
+            ),
+            "minilm": (
+                "all-MiniLM-L6-v2 (384 x 6)",
+                lambda: from_packages("sentence-transformers/all-MiniLM-L6-v2").path,
+            ),
+            "distilbert-cls": (
+                "DistilBERT-base [CLS]-pooling stand-in (768 x 6, as msmarco-distilbert-base-tas-b)",
+                lambda: standins.write_standin("distilbert-cls", Path(tmp) / "c"),
+            ),
+        }
         for key in args.models:
             label, get_dir = dirs[key]
             print(f"{label} ...", file=sys.stderr)
             results.append(bench_model(label, get_dir(), texts, args.repeats, query))
     print_table(results, gflops, peak, args.corpus)
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps({"corpus": args.corpus, "sgemm_gflops": gflops, "fma_peak_gflops": peak, "results": results}, indent=2))
+        Path(args.json_out).write_text(
+            json.dumps(
+                {"corpus": args.corpus, "sgemm_gflops": gflops, "fma_peak_gflops": peak, "results": results}, indent=2
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -25,15 +25,25 @@ their accumulators in float64 where a long sum is taken.
 """
 
 from .activations import bias_act, bias_act_numpy
-from .layer_norm import residual_layer_norm, residual_layer_norm_numpy
 from .attention import attention_packed, pack, softmax_rows, softmax_rows_numpy, unpack
-from .pooling import POOLING_MODES, pool, pool_numpy, pool_padded
+from .layer_norm import residual_layer_norm, residual_layer_norm_numpy
 from .matmul import matmul_rows, matmul_rows_split
+from .pooling import POOLING_MODES, pool, pool_numpy, pool_padded
 
 __all__ = [
-    "bias_act", "bias_act_numpy",
-    "residual_layer_norm", "residual_layer_norm_numpy",
-    "attention_packed", "pack", "softmax_rows", "softmax_rows_numpy", "unpack",
-    "POOLING_MODES", "pool", "pool_numpy", "pool_padded",
-    "matmul_rows", "matmul_rows_split",
+    "bias_act",
+    "bias_act_numpy",
+    "residual_layer_norm",
+    "residual_layer_norm_numpy",
+    "attention_packed",
+    "pack",
+    "softmax_rows",
+    "softmax_rows_numpy",
+    "unpack",
+    "POOLING_MODES",
+    "pool",
+    "pool_numpy",
+    "pool_padded",
+    "matmul_rows",
+    "matmul_rows_split",
 ]

@@ -20,6 +20,7 @@ torch at 1e-12.
 import math
 
 import numpy as np
+
 from .jit import intrinsic, njit
 from .simd import LANES, element_pointer
 
@@ -32,10 +33,42 @@ _INV_SQRT_2 = 1.0 / math.sqrt(2.0)
 
 # Monomial coefficients, highest power first, of the Chebyshev fits made by fit_erf() below:
 # erf(z) / z in u = z^2 / 2 - 1 for |z| <= 2, and erf(z) in u = (z - 3.25) / 1.25 for 2 < z <= 4.5.
-ERF_SMALL = (6.529261760630186e-08, -4.3345667176482804e-07, 2.470110797946208e-06, -1.3909694069556508e-05, 7.180490875664177e-05, -0.00033516560074726845, 0.0014050900543264332, -0.00523486937891076, 0.01712834480051079, -0.04866277825806209, 0.11947913859553633, -0.26111186090231153, 0.6749332360398016)
+ERF_SMALL = (
+    6.529261760630186e-08,
+    -4.3345667176482804e-07,
+    2.470110797946208e-06,
+    -1.3909694069556508e-05,
+    7.180490875664177e-05,
+    -0.00033516560074726845,
+    0.0014050900543264332,
+    -0.00523486937891076,
+    0.01712834480051079,
+    -0.04866277825806209,
+    0.11947913859553633,
+    -0.26111186090231153,
+    0.6749332360398016,
+)
 ERF_WIDE_FROM = 2.0  # |z| beyond which erf needs ERF_LARGE
 ERF_ONE_FROM = 4.5  # |z| from which erf is taken as +-1 (1 - erf(4.5) = 2e-10)
-ERF_LARGE = (-4.7415313762708246e-07, 1.916306652541446e-06, -8.792751322203336e-07, -9.726935101869941e-06, 2.8685570869473073e-05, -3.37011796946476e-05, -2.2263883022975283e-05, 0.0001933004346446651, -0.00048645887326751326, 0.0008105065898444254, -0.0010053201282665713, 0.0009576459929072053, -0.0006996284085696348, 0.00038243988201326574, -0.00014822566057275555, 3.64863024499857e-05, 0.9999956972214066)
+ERF_LARGE = (
+    -4.7415313762708246e-07,
+    1.916306652541446e-06,
+    -8.792751322203336e-07,
+    -9.726935101869941e-06,
+    2.8685570869473073e-05,
+    -3.37011796946476e-05,
+    -2.2263883022975283e-05,
+    0.0001933004346446651,
+    -0.00048645887326751326,
+    0.0008105065898444254,
+    -0.0010053201282665713,
+    0.0009576459929072053,
+    -0.0006996284085696348,
+    0.00038243988201326574,
+    -0.00014822566057275555,
+    3.64863024499857e-05,
+    0.9999956972214066,
+)
 
 
 # ---------------------------------------------------------------- the fit, and the NumPy mirror of the kernel
@@ -48,10 +81,11 @@ def fit_erf(degree_small=12, degree_large=16):  # -> (ERF_SMALL, ERF_LARGE): how
 
     u = np.cos(np.pi * (np.arange(2000) + 0.5) / 2000)  # Chebyshev nodes on [-1, 1]
     z = np.sqrt((u + 1) * 2)  # u = z^2 / 2 - 1
-    small = chebyshev.cheb2poly(chebyshev.chebfit(u, np.where(z > 0, _erf(z) / np.maximum(z, 1e-300), 2 / math.sqrt(math.pi)), degree_small))
+    small = chebyshev.cheb2poly(
+        chebyshev.chebfit(u, np.where(z > 0, _erf(z) / np.maximum(z, 1e-300), 2 / math.sqrt(math.pi)), degree_small)
+    )
     large = chebyshev.cheb2poly(chebyshev.chebfit(u, _erf(u * 1.25 + 3.25), degree_large))
     return tuple(small[::-1]), tuple(large[::-1])
-
 
 
 def erf_fast_numpy(z):  # float64 [...] -> [...]: erf_fast below, the same steps on arrays
@@ -163,8 +197,14 @@ GELU_LANES = LANES["float64"]  # values per call of gelu_erf_fast_lanes: one 512
 def gelu_erf_fast_lanes(typingctx, h, i, j, bias):  # [N, F], int, int, [F] -> None: h[i, j:j+8] <- gelu(h + bias)
     from numba import types
 
-    if not (isinstance(h, types.Array) and h.ndim == 2 and h.dtype in (types.float32, types.float64)
-            and isinstance(bias, types.Array) and bias.ndim == 1 and bias.dtype == h.dtype):
+    if not (
+        isinstance(h, types.Array)
+        and h.ndim == 2
+        and h.dtype in (types.float32, types.float64)
+        and isinstance(bias, types.Array)
+        and bias.ndim == 1
+        and bias.dtype == h.dtype
+    ):
         return None
 
     def codegen(context, builder, sig, args):
@@ -178,7 +218,9 @@ def gelu_erf_fast_lanes(typingctx, h, i, j, bias):  # [N, F], int, int, [F] -> N
         const = lambda x: ir.Constant(vd, [x] * n)  # noqa: E731
 
         def call(name, *xs):  # an LLVM intrinsic on float64 vectors, e.g. llvm.fma.v8f64
-            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vd, [vd] * len(xs)), f"llvm.{name}.v{n}f64")
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(vd, [vd] * len(xs)), f"llvm.{name}.v{n}f64"
+            )
             return builder.call(fn, xs)
 
         def horner(coefs, u):  # coefs highest power first -> P(u), one FMA per step as erf_fast's
@@ -188,7 +230,9 @@ def gelu_erf_fast_lanes(typingctx, h, i, j, bias):  # [N, F], int, int, [F] -> N
             return p
 
         align = h.dtype.bitwidth // 8
-        ph = builder.bitcast(element_pointer(context, builder, h_type, args[0], [args[1], args[2]]), stored.as_pointer())
+        ph = builder.bitcast(
+            element_pointer(context, builder, h_type, args[0], [args[1], args[2]]), stored.as_pointer()
+        )
         pb = builder.bitcast(element_pointer(context, builder, bias_type, args[3], [args[2]]), stored.as_pointer())
         x = builder.fadd(builder.load(ph, align=align), builder.load(pb, align=align))
         x = builder.fpext(x, vd) if stored.element != f64 else x  # the bias added in h's dtype first
@@ -198,11 +242,15 @@ def gelu_erf_fast_lanes(typingctx, h, i, j, bias):  # [N, F], int, int, [F] -> N
         u = call("fma", builder.fmul(a, a), const(0.5), const(-1.0))  # the same bits as a * a * 0.5 - 1: x 0.5 is exact
         small = builder.fmul(horner(ERF_SMALL, u), a)
         narrow = builder.fcmp_ordered("<=", a, const(ERF_WIDE_FROM))
-        any_wide = builder.icmp_unsigned("!=", builder.bitcast(builder.not_(narrow), ir.IntType(n)), ir.Constant(ir.IntType(n), 0))
+        any_wide = builder.icmp_unsigned(
+            "!=", builder.bitcast(builder.not_(narrow), ir.IntType(n)), ir.Constant(ir.IntType(n), 0)
+        )
         entry = builder.block
         with builder.if_then(any_wide, likely=False):  # a is at most 2 in every lane otherwise, so never ERF_ONE_FROM
             large = horner(ERF_LARGE, builder.fmul(builder.fsub(a, const(3.25)), const(0.8)))
-            picked = builder.select(builder.fcmp_ordered(">=", a, const(ERF_ONE_FROM)), const(1.0), builder.select(narrow, small, large))
+            picked = builder.select(
+                builder.fcmp_ordered(">=", a, const(ERF_ONE_FROM)), const(1.0), builder.select(narrow, small, large)
+            )
             wide_block = builder.block
         e = builder.phi(vd)
         e.add_incoming(small, entry)
@@ -212,14 +260,17 @@ def gelu_erf_fast_lanes(typingctx, h, i, j, bias):  # [N, F], int, int, [F] -> N
         y = builder.fptrunc(y, stored) if stored.element != f64 else y
         builder.store(y, ph, align=align)
         return context.get_dummy_value()
+
     return types.none(h, i, j, bias), codegen
 
 
 def bias_act(h, bias, activation):  # [N, F] (in place), [F], int code -> [N, F]
     """h <- act(h + bias), computed in float64 and rounded once. In place: h is a fresh matmul output."""
     if h.ndim != 2 or bias.shape != h.shape[1:] or h.strides[1] != h.itemsize or bias.strides[0] != bias.itemsize:
-        raise ValueError(f"bias_act: h must be [N, F] with contiguous rows and bias a contiguous [F] (the GELU kernel "
-                         f"loads 8 adjacent values at once), got {h.shape} strides {h.strides}, bias {bias.shape}")
+        raise ValueError(
+            f"bias_act: h must be [N, F] with contiguous rows and bias a contiguous [F] (the GELU kernel "
+            f"loads 8 adjacent values at once), got {h.shape} strides {h.strides}, bias {bias.shape}"
+        )
     if bias.dtype != h.dtype:
         raise ValueError(f"bias_act: bias is {bias.dtype} but h is {h.dtype}; they must match")
     return _bias_act(h, bias, activation, h.dtype == np.float64)

@@ -21,6 +21,7 @@ whose worker threads spin on the other core, and a second Numba thread would fig
 import math
 
 import numpy as np
+
 from .jit import intrinsic, njit
 
 # ---------------------------------------------------------------- packed and padded layouts
@@ -38,9 +39,10 @@ def unpack(packed, offsets, fill=0.0):  # [N, ...], [B + 1] -> [B, T, ...], [B, 
     out = np.full((len(lengths), t) + packed.shape[1:], fill, dtype=packed.dtype)
     mask = np.zeros((len(lengths), t), dtype=np.int64)
     for b, n in enumerate(lengths):
-        out[b, :n] = packed[offsets[b]:offsets[b + 1]]
+        out[b, :n] = packed[offsets[b] : offsets[b + 1]]
         mask[b, :n] = 1
     return out, mask
+
 
 # ---------------------------------------------------------------- NumPy mirror of the kernel
 
@@ -67,6 +69,7 @@ def softmax_rows_numpy(scores, scale, exact):  # [R, T] (in place), float, bool 
     scores[...] = e * (1.0 / e.sum(axis=-1, keepdims=True))
     return scores
 
+
 # ---------------------------------------------------------------- Numba kernel
 
 
@@ -80,7 +83,10 @@ def _bitcast(src, dst):  # Numba type names, e.g. "float32" -> "int32"
         source, target = getattr(types, src), getattr(types, dst)
         if value != source:
             return None  # any other argument type is a typing error, never a silent conversion
-        return target(source), lambda context, builder, sig, args: builder.bitcast(args[0], context.get_value_type(target))
+        return target(source), lambda context, builder, sig, args: builder.bitcast(
+            args[0], context.get_value_type(target)
+        )
+
     cast.__name__ = cast.__qualname__ = f"bitcast_{src}_to_{dst}"  # one name each, in error messages too
     return intrinsic(cast)
 
@@ -197,13 +203,16 @@ def attention_packed(qkv, offsets, n_heads, out, softmax=softmax_rows):  # [N, 3
     length-sorted) share one batched matmul; the matmuls go to BLAS, the softmax to ``softmax``
     (the Numba kernel, or its NumPy mirror ``softmax_rows_numpy``)."""
     if qkv.ndim != 2 or qkv.shape[1] % 3 or n_heads < 1 or (qkv.shape[1] // 3) % n_heads:
-        raise ValueError(f"attention_packed: qkv must be [N, 3D] with D a multiple of n_heads={n_heads}, "
-                         f"got shape {qkv.shape}")
+        raise ValueError(
+            f"attention_packed: qkv must be [N, 3D] with D a multiple of n_heads={n_heads}, got shape {qkv.shape}"
+        )
     d = qkv.shape[1] // 3
     dh = d // n_heads
     if out.shape != (qkv.shape[0], d) or not out.flags.c_contiguous:
-        raise ValueError(f"attention_packed: out must be a C-contiguous [{qkv.shape[0]}, {d}] array "
-                         f"(results are written through views of it), got shape {out.shape}")
+        raise ValueError(
+            f"attention_packed: out must be a C-contiguous [{qkv.shape[0]}, {d}] array "
+            f"(results are written through views of it), got shape {out.shape}"
+        )
     lengths = np.diff(offsets)
     exact = qkv.dtype == np.float64
     b = 0

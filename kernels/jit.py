@@ -44,6 +44,7 @@ class Declared:
 def njit(**options):  # the same options as numba.njit, always given as keywords
     def declare(fn):
         return Declared(fn, lambda numba: numba.njit(**options)(fn))
+
     return declare
 
 
@@ -75,9 +76,11 @@ def start():
             import numba
             import numba.extending  # noqa: F401
         except ImportError as e:  # numba is a dependency, but wheels can lag a new Python
-            raise ImportError(f"minibert's kernels need Numba, which could not be imported ({e}). Install it "
-                              "(pip install numba), or set MINIBERT_NUMBA=0 to run every call on NumPy "
-                              "(the same results; 3-4x slower on batches)") from e
+            raise ImportError(
+                f"minibert's kernels need Numba, which could not be imported ({e}). Install it "
+                "(pip install numba), or set MINIBERT_NUMBA=0 to run every call on NumPy "
+                "(the same results; 3-4x slower on batches)"
+            ) from e
 
         for kernel in _declared:
             kernel.compiled = kernel._make(numba)  # a dispatcher: it compiles (or loads) at first call

@@ -13,6 +13,7 @@ than the model's.
 import math
 
 import numpy as np
+
 from .jit import njit
 
 # ---------------------------------------------------------------- NumPy mirror of the kernel
@@ -27,6 +28,7 @@ def residual_layer_norm_numpy(x, bias, residual, gamma, beta, eps, out):  # as r
     var = (c * c).sum(axis=-1, keepdims=True) / v.shape[-1]  # biased variance, as torch's LayerNorm
     out[...] = c * (1.0 / np.sqrt(var + eps)) * gamma + beta
     return out
+
 
 # ---------------------------------------------------------------- Numba kernel
 

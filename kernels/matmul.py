@@ -37,6 +37,7 @@ are independent, so the cores split them (each streams its own part of W); a sin
 """
 
 import numpy as np
+
 from .jit import njit, prange
 from .simd import VECTOR_BYTES, fma, prefetch_l2, vfma, vload, vsplat, vstore, vzero
 
@@ -56,11 +57,19 @@ SUB_K = 16  # rows of W per sub-block: 16 was fastest from memory (8-64 tried: N
 def matmul_tiles_into(x, w, out, k0, k1, c0, c1):  # [M4, K], [K, N], [M4, N], k range, column range -> [M4, N]
     """out[:, c0:c1] <- x[:, k0:k1] @ w[k0:k1, c0:c1], each output one FMA chain along k (no
     reassociation). M4, the rows of x, is a multiple of TILE_ROWS."""
-    if (x.shape[0] % TILE_ROWS or x.shape[1] != w.shape[0] or out.shape[0] != x.shape[0] or out.shape[1] != w.shape[1]
-            or w.strides[1] != w.itemsize or out.strides[1] != out.itemsize
-            or not (0 <= k0 <= k1 <= w.shape[0] and 0 <= c0 <= c1 <= w.shape[1])):  # no bounds checks inside
-        raise ValueError("matmul_tiles_into: x needs a multiple of 4 rows and w's rows as columns, out x's rows "
-                         "and w's columns (both with contiguous rows), and the k and column ranges must lie within w")
+    if (
+        x.shape[0] % TILE_ROWS
+        or x.shape[1] != w.shape[0]
+        or out.shape[0] != x.shape[0]
+        or out.shape[1] != w.shape[1]
+        or w.strides[1] != w.itemsize
+        or out.strides[1] != out.itemsize
+        or not (0 <= k0 <= k1 <= w.shape[0] and 0 <= c0 <= c1 <= w.shape[1])
+    ):  # no bounds checks inside
+        raise ValueError(
+            "matmul_tiles_into: x needs a multiple of 4 rows and w's rows as columns, out x's rows "
+            "and w's columns (both with contiguous rows), and the k and column ranges must lie within w"
+        )
     lanes = VECTOR_BYTES // w.itemsize
     tile = TILE_VECTORS * lanes  # columns per register tile
     width = c1 - c0
@@ -68,6 +77,7 @@ def matmul_tiles_into(x, w, out, k0, k1, c0, c1):  # [M4, K], [K, N], [M4, N], k
     for i in range(x.shape[0]):  # (loops, not slice assignments: those cost ~3 s of compile time)
         for j in range(whole, c1):
             out[i, j] = 0
+    # fmt: off  (the register tile: one line per row of x, its four vectors side by side)
     for kk in range(k0, k1, SUB_K):
         ke = min(kk + SUB_K, k1)
         ahead = min(ke + SUB_K, k1) - ke  # rows of the next sub-block, fetched while this one is computed
@@ -78,10 +88,30 @@ def matmul_tiles_into(x, w, out, k0, k1, c0, c1):  # [M4, K], [K, N], [M4, N], k
                     c00 = c01 = c02 = c03 = c10 = c11 = c12 = c13 = vzero(out)
                     c20 = c21 = c22 = c23 = c30 = c31 = c32 = c33 = vzero(out)
                 else:
-                    c00, c01, c02, c03 = vload(out, i, j), vload(out, i, j + lanes), vload(out, i, j + 2 * lanes), vload(out, i, j + 3 * lanes)
-                    c10, c11, c12, c13 = vload(out, i + 1, j), vload(out, i + 1, j + lanes), vload(out, i + 1, j + 2 * lanes), vload(out, i + 1, j + 3 * lanes)
-                    c20, c21, c22, c23 = vload(out, i + 2, j), vload(out, i + 2, j + lanes), vload(out, i + 2, j + 2 * lanes), vload(out, i + 2, j + 3 * lanes)
-                    c30, c31, c32, c33 = vload(out, i + 3, j), vload(out, i + 3, j + lanes), vload(out, i + 3, j + 2 * lanes), vload(out, i + 3, j + 3 * lanes)
+                    c00, c01, c02, c03 = (
+                        vload(out, i, j),
+                        vload(out, i, j + lanes),
+                        vload(out, i, j + 2 * lanes),
+                        vload(out, i, j + 3 * lanes),
+                    )
+                    c10, c11, c12, c13 = (
+                        vload(out, i + 1, j),
+                        vload(out, i + 1, j + lanes),
+                        vload(out, i + 1, j + 2 * lanes),
+                        vload(out, i + 1, j + 3 * lanes),
+                    )
+                    c20, c21, c22, c23 = (
+                        vload(out, i + 2, j),
+                        vload(out, i + 2, j + lanes),
+                        vload(out, i + 2, j + 2 * lanes),
+                        vload(out, i + 2, j + 3 * lanes),
+                    )
+                    c30, c31, c32, c33 = (
+                        vload(out, i + 3, j),
+                        vload(out, i + 3, j + lanes),
+                        vload(out, i + 3, j + 2 * lanes),
+                        vload(out, i + 3, j + 3 * lanes),
+                    )
                 for k in range(kk, ke):
                     if i == 0 and pr < ahead:  # one tile's worth (4 cache lines) of the next sub-block
                         for line in range(TILE_VECTORS):
@@ -90,7 +120,12 @@ def matmul_tiles_into(x, w, out, k0, k1, c0, c1):  # [M4, K], [K, N], [M4, N], k
                         if pc >= c1:
                             pc -= width
                             pr += 1
-                    w0, w1, w2, w3 = vload(w, k, j), vload(w, k, j + lanes), vload(w, k, j + 2 * lanes), vload(w, k, j + 3 * lanes)
+                    w0, w1, w2, w3 = (
+                        vload(w, k, j),
+                        vload(w, k, j + lanes),
+                        vload(w, k, j + 2 * lanes),
+                        vload(w, k, j + 3 * lanes),
+                    )
                     a = vsplat(x[i, k])  # each line: four fused multiply-adds, one row of x, in k order
                     c00, c01, c02, c03 = vfma(a, w0, c00), vfma(a, w1, c01), vfma(a, w2, c02), vfma(a, w3, c03)
                     a = vsplat(x[i + 1, k])
@@ -99,16 +134,37 @@ def matmul_tiles_into(x, w, out, k0, k1, c0, c1):  # [M4, K], [K, N], [M4, N], k
                     c20, c21, c22, c23 = vfma(a, w0, c20), vfma(a, w1, c21), vfma(a, w2, c22), vfma(a, w3, c23)
                     a = vsplat(x[i + 3, k])
                     c30, c31, c32, c33 = vfma(a, w0, c30), vfma(a, w1, c31), vfma(a, w2, c32), vfma(a, w3, c33)
-                vstore(out, i, j, c00), vstore(out, i, j + lanes, c01), vstore(out, i, j + 2 * lanes, c02), vstore(out, i, j + 3 * lanes, c03)
-                vstore(out, i + 1, j, c10), vstore(out, i + 1, j + lanes, c11), vstore(out, i + 1, j + 2 * lanes, c12), vstore(out, i + 1, j + 3 * lanes, c13)
-                vstore(out, i + 2, j, c20), vstore(out, i + 2, j + lanes, c21), vstore(out, i + 2, j + 2 * lanes, c22), vstore(out, i + 2, j + 3 * lanes, c23)
-                vstore(out, i + 3, j, c30), vstore(out, i + 3, j + lanes, c31), vstore(out, i + 3, j + 2 * lanes, c32), vstore(out, i + 3, j + 3 * lanes, c33)
+                (
+                    vstore(out, i, j, c00),
+                    vstore(out, i, j + lanes, c01),
+                    vstore(out, i, j + 2 * lanes, c02),
+                    vstore(out, i, j + 3 * lanes, c03),
+                )
+                (
+                    vstore(out, i + 1, j, c10),
+                    vstore(out, i + 1, j + lanes, c11),
+                    vstore(out, i + 1, j + 2 * lanes, c12),
+                    vstore(out, i + 1, j + 3 * lanes, c13),
+                )
+                (
+                    vstore(out, i + 2, j, c20),
+                    vstore(out, i + 2, j + lanes, c21),
+                    vstore(out, i + 2, j + 2 * lanes, c22),
+                    vstore(out, i + 2, j + 3 * lanes, c23),
+                )
+                (
+                    vstore(out, i + 3, j, c30),
+                    vstore(out, i + 3, j + lanes, c31),
+                    vstore(out, i + 3, j + 2 * lanes, c32),
+                    vstore(out, i + 3, j + 3 * lanes, c33),
+                )
         for i in range(x.shape[0]):  # columns past the last whole tile: the same chain, one output at a time
             for j in range(whole, c1):
                 s = out[i, j]
                 for k in range(kk, ke):
                     s = fma(x[i, k], w[k, j], s)
                 out[i, j] = s
+    # fmt: on
     return out
 
 
@@ -184,6 +240,7 @@ def matmul_rows_split(x, w, blocks, threads):  # [M, K], [K, N], [n_blocks + 1],
     xp = padded_rows(x)
     partial = np.empty((len(blocks) - 1, xp.shape[0], w.shape[1]), dtype=x.dtype)
     return add_blocks(blocks_over_threads(xp, w, blocks, max(threads, 1), partial), x.shape[0])
+
 
 # ---------------------------------------------------------------- BLAS's summation order
 

@@ -51,6 +51,7 @@ def pool_numpy(tokens, offsets, mode):  # [N, D], [B + 1], str -> [B, D]: ``pool
     padded, mask = unpack(tokens, offsets)
     return pool_padded(padded, mask, mode)
 
+
 # ---------------------------------------------------------------- Numba kernel
 
 

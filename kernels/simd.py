@@ -59,9 +59,16 @@ def element_pointer(context, builder, array_type, array, inds):  # &a[i, j] (or 
     from numba.core import cgutils
 
     a = context.make_array(array_type)(context, builder, array)
-    return cgutils.get_item_pointer2(context, builder, data=a.data, shape=cgutils.unpack_tuple(builder, a.shape),
-                                     strides=cgutils.unpack_tuple(builder, a.strides), layout=array_type.layout,
-                                     inds=inds, wraparound=False)
+    return cgutils.get_item_pointer2(
+        context,
+        builder,
+        data=a.data,
+        shape=cgutils.unpack_tuple(builder, a.shape),
+        strides=cgutils.unpack_tuple(builder, a.strides),
+        layout=array_type.layout,
+        inds=inds,
+        wraparound=False,
+    )
 
 
 def _is_matrix(a):
@@ -79,6 +86,7 @@ def vload(typingctx, a, i, j):  # [R, C], int, int -> vector a[i, j : j + L]
     def codegen(context, builder, sig, args):
         p = element_pointer(context, builder, sig.args[0], args[0], args[1:])
         return builder.load(builder.bitcast(p, vector.llvm_type.as_pointer()), align=a.dtype.bitwidth // 8)
+
     return vector(a, i, j), codegen
 
 
@@ -93,6 +101,7 @@ def vstore(typingctx, a, i, j, v):  # [R, C], int, int, vector -> a[i, j : j + L
         p = element_pointer(context, builder, sig.args[0], args[0], args[1:3])
         builder.store(args[3], builder.bitcast(p, v.llvm_type.as_pointer()), align=a.dtype.bitwidth // 8)
         return context.get_dummy_value()
+
     return types.none(a, i, j, v), codegen
 
 
@@ -106,8 +115,11 @@ def vsplat(typingctx, s):  # scalar -> vector [s, ..., s]
         from llvmlite import ir
 
         lanes = vector.llvm_type.count
-        one = builder.insert_element(ir.Constant(vector.llvm_type, ir.Undefined), args[0], ir.Constant(ir.IntType(32), 0))
+        one = builder.insert_element(
+            ir.Constant(vector.llvm_type, ir.Undefined), args[0], ir.Constant(ir.IntType(32), 0)
+        )
         return builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes))
+
     return vector(s), codegen
 
 
@@ -121,6 +133,7 @@ def vzero(typingctx, a):  # [R, C] -> a vector of zeros of a's dtype
         from llvmlite import ir
 
         return ir.Constant(vector.llvm_type, [0.0] * vector.llvm_type.count)
+
     return vector(a), codegen
 
 
@@ -137,6 +150,7 @@ def vfma(typingctx, a, b, c):  # vector x3 -> a * b + c, rounded once per lane (
         suffix = f"v{t.count}f{32 if a.element.bitwidth == 32 else 64}"
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(t, [t, t, t]), f"llvm.fma.{suffix}")
         return builder.call(fma, args)
+
     return a(a, b, c), codegen
 
 
@@ -152,6 +166,7 @@ def fma(typingctx, a, b, c):  # float x3 (one dtype) -> a * b + c, rounded once 
         t = ir.FloatType() if a.bitwidth == 32 else ir.DoubleType()
         f = cgutils.get_or_insert_function(builder.module, ir.FunctionType(t, [t, t, t]), f"llvm.fma.f{a.bitwidth}")
         return builder.call(f, args)
+
     return a(a, b, c), codegen
 
 
@@ -166,11 +181,15 @@ def prefetch_l2(typingctx, a, i, j):  # [R, C], int, int -> None: a hint, never 
         from llvmlite import ir
         from numba.core import cgutils
 
-        p = builder.bitcast(element_pointer(context, builder, sig.args[0], args[0], args[1:]), ir.IntType(8).as_pointer())
+        p = builder.bitcast(
+            element_pointer(context, builder, sig.args[0], args[0], args[1:]), ir.IntType(8).as_pointer()
+        )
         i32 = ir.IntType(32)
         prefetch = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [p.type, i32, i32, i32]), "llvm.prefetch.p0i8")
+            builder.module, ir.FunctionType(ir.VoidType(), [p.type, i32, i32, i32]), "llvm.prefetch.p0i8"
+        )
         # read (0), locality 2 (x86's prefetcht1: into L2, not L1, where the current tile lives), data (1)
         builder.call(prefetch, [p, ir.Constant(i32, 0), ir.Constant(i32, 2), ir.Constant(i32, 1)])
         return context.get_dummy_value()
+
     return types.none(a, i, j), codegen

@@ -1,9 +1,9 @@
 """minibert: BERT and DistilBERT sentence encoders in NumPy and Numba.
 
-    import minibert
-    model = minibert.load("sentence-transformers/all-MiniLM-L6-v2")
-    emb = model.encode(["A sentence.", "Another one."])   # [2, 384]
-    model.similarity(emb, emb)                             # the model's own score
+import minibert
+model = minibert.load("sentence-transformers/all-MiniLM-L6-v2")
+emb = model.encode(["A sentence.", "Another one."])   # [2, 384]
+model.similarity(emb, emb)                             # the model's own score
 """
 
 
@@ -18,8 +18,11 @@ def _map_checkout_folders():
     from pathlib import Path
 
     here = Path(__file__).resolve().parent
-    folders = {f"{__name__}.{name}": here.parent / name for name in ("kernels", "parity")
-               if not (here / name).is_dir() and (here.parent / name / "__init__.py").is_file()}
+    folders = {
+        f"{__name__}.{name}": here.parent / name
+        for name in ("kernels", "parity")
+        if not (here / name).is_dir() and (here.parent / name / "__init__.py").is_file()
+    }
     if not folders or not (here.parent / "pyproject.toml").is_file():
         return
 
@@ -28,8 +31,9 @@ def _map_checkout_folders():
             folder = folders.get(fullname)
             if folder is None:
                 return None
-            return importlib.util.spec_from_file_location(fullname, folder / "__init__.py",
-                                                          submodule_search_locations=[str(folder)])
+            return importlib.util.spec_from_file_location(
+                fullname, folder / "__init__.py", submodule_search_locations=[str(folder)]
+            )
 
     sys.meta_path.append(CheckoutFolders())
 

@@ -90,10 +90,12 @@ def save_embeddings(path, texts, emb):
 
     path = Path(path)
     if path.suffix == ".npy":
+
         def write(tmp):
             with open(tmp, "wb") as f:
                 np.save(f, emb)
     elif path.suffix == ".jsonl":
+
         def write(tmp):
             with open(tmp, "w", encoding="utf-8") as f:
                 for t, e in zip(texts, emb):
@@ -122,6 +124,7 @@ def load_model(args):
         print(f"minibert: {model.config.arch} model from {model.source}", file=sys.stderr)
     return model
 
+
 # ------------------------------------------------------------------ commands
 
 
@@ -143,8 +146,12 @@ def cmd_embed(args):
     if args.output:
         check_output_path(args.output)
     model = load_model(args)
-    emb = model.encode(texts, batch_size=args.batch_size, normalize_embeddings=args.normalize,
-                       show_progress_bar=show_progress(args, len(texts), args.batch_size))
+    emb = model.encode(
+        texts,
+        batch_size=args.batch_size,
+        normalize_embeddings=args.normalize,
+        show_progress_bar=show_progress(args, len(texts), args.batch_size),
+    )
     gc.freeze()  # Numba's objects too, if this call started it (see load_model)
     if args.output:
         save_embeddings(args.output, texts, emb)
@@ -190,7 +197,9 @@ def cmd_search(args):
         if emb is not None and emb.shape != (len(docs), model.dim):
             emb = None
     if emb is None:
-        emb = model.encode(docs, batch_size=args.batch_size, show_progress_bar=show_progress(args, len(docs), args.batch_size))
+        emb = model.encode(
+            docs, batch_size=args.batch_size, show_progress_bar=show_progress(args, len(docs), args.batch_size)
+        )
         gc.freeze()  # Numba's objects too, if this call started it (see load_model)
         try:
             write_atomically(cache, lambda tmp: np.save(open(tmp, "wb"), emb))
@@ -217,11 +226,15 @@ def cmd_info(args):
     stored = read_safetensors(p.transformer_dir / "model.safetensors")
     floats = [t for t in stored.values() if t.dtype in FLOAT_DTYPES]  # not buffers such as position_ids
     dtypes = sorted({t.dtype for t in floats})
+    weights_mib = (p.transformer_dir / "model.safetensors").stat().st_size / 2**20
     n_params = sum(int(np.prod(t.data.shape)) for t in floats)
     rows = [
         ("model", args.model),
         ("source", model.source),
-        ("architecture", f"{c.arch}: {c.n_layers} layers x {c.dim} hidden, {c.n_heads} heads, FFN {c.ffn_dim}, {c.activation}"),
+        (
+            "architecture",
+            f"{c.arch}: {c.n_layers} layers x {c.dim} hidden, {c.n_heads} heads, FFN {c.ffn_dim}, {c.activation}",
+        ),
         ("vocabulary", f"{c.vocab_size} tokens, {c.max_positions} positions"),
         ("embedding dim", str(model.dim)),
         ("pooling", " + ".join(model.pooling_modes) + (", then normalize" if model.normalize else "")),
@@ -229,13 +242,17 @@ def cmd_info(args):
         ("max_seq_length", str(model.max_seq_length)),
         ("dtype on disk", ", ".join(dtypes)),
         ("compute dtype", model.dtype.name),
-        ("parameters", f"{n_params:,} in the checkpoint ({(p.transformer_dir / 'model.safetensors').stat().st_size / 2**20:.1f} MiB)"),
+        (
+            "parameters",
+            f"{n_params:,} in the checkpoint ({weights_mib:.1f} MiB)",
+        ),
         ("files", str(p.transformer_dir)),
     ]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
     return 0
+
 
 # ------------------------------------------------------------------ parser
 
@@ -244,25 +261,46 @@ def build_parser():
     # Shared options may stand before or after the command. SUPPRESS keeps a sub-command's default
     # from overwriting a value given before it (argparse's parents otherwise reset it).
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the full traceback on errors")
-    common.add_argument("--quiet", "-q", action="store_true", default=argparse.SUPPRESS, help="no status lines on stderr")
-    common.add_argument("--dtype", choices=["float32", "float64"], default=argparse.SUPPRESS,
-                        help="compute dtype (default float32)")
+    common.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show the full traceback on errors"
+    )
+    common.add_argument(
+        "--quiet", "-q", action="store_true", default=argparse.SUPPRESS, help="no status lines on stderr"
+    )
+    common.add_argument(
+        "--dtype", choices=["float32", "float64"], default=argparse.SUPPRESS, help="compute dtype (default float32)"
+    )
 
     def batch(p):
         p.add_argument("--batch-size", type=int, default=32, help="texts per batch (default 32)")
-        p.add_argument("--progress", action="store_true", default=None, help="show a progress bar even when stderr is not a terminal")
+        p.add_argument(
+            "--progress",
+            action="store_true",
+            default=None,
+            help="show a progress bar even when stderr is not a terminal",
+        )
         p.add_argument("--no-progress", dest="progress", action="store_false", help="never show a progress bar")
 
-    ap = argparse.ArgumentParser(prog="minibert", parents=[common], description=(
-        "BERT and DistilBERT sentence embeddings in NumPy and Numba, equal to sentence-transformers'. "
-        f"The default model is {DEFAULT_MODEL}."))
+    ap = argparse.ArgumentParser(
+        prog="minibert",
+        parents=[common],
+        description=(
+            "BERT and DistilBERT sentence embeddings in NumPy and Numba, equal to sentence-transformers'. "
+            f"The default model is {DEFAULT_MODEL}."
+        ),
+    )
     ap.add_argument("--version", action="version", version=f"minibert {__import__('minibert').__version__}")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
 
-    e = sub.add_parser("embed", parents=[common], help="embed texts", description=(
-        "Embed TEXT arguments, or --input FILE (.txt: a text per line; .jsonl: a JSON object per line), "
-        "or standard input (a text per line). Prints a readable summary, or writes --output (.npy or .jsonl)."))
+    e = sub.add_parser(
+        "embed",
+        parents=[common],
+        help="embed texts",
+        description=(
+            "Embed TEXT arguments, or --input FILE (.txt: a text per line; .jsonl: a JSON object per line), "
+            "or standard input (a text per line). Prints a readable summary, or writes --output (.npy or .jsonl)."
+        ),
+    )
     e.add_argument("text", nargs="*", help="texts to embed")
     e.add_argument("--model", "-m", default=DEFAULT_MODEL, help="model directory or hub id")
     e.add_argument("--input", "-i", help=".txt or .jsonl file of texts ('-' for stdin)")
@@ -272,10 +310,16 @@ def build_parser():
     batch(e)
     e.set_defaults(run=cmd_embed)
 
-    s = sub.add_parser("search", parents=[common], help="top-k corpus texts for a query", description=(
-        "Embed a corpus (.txt: a text per line; .jsonl with --field) and print the k best matches for each "
-        "query with the model's own score. Corpus embeddings are cached next to the corpus file, keyed by "
-        "the model and the file's content."))
+    s = sub.add_parser(
+        "search",
+        parents=[common],
+        help="top-k corpus texts for a query",
+        description=(
+            "Embed a corpus (.txt: a text per line; .jsonl with --field) and print the k best matches for each "
+            "query with the model's own score. Corpus embeddings are cached next to the corpus file, keyed by "
+            "the model and the file's content."
+        ),
+    )
     s.add_argument("query", nargs="+", help="query text(s)")
     s.add_argument("--model", "-m", default=DEFAULT_MODEL, help="model directory or hub id")
     s.add_argument("--corpus", "-c", required=True, help="corpus file")
@@ -284,9 +328,15 @@ def build_parser():
     batch(s)
     s.set_defaults(run=cmd_search)
 
-    i = sub.add_parser("info", parents=[common], help="describe a model", description=(
-        "Architecture, dimensions, pooling, score function, max_seq_length, dtype on disk, parameter count "
-        "and where the files are."))
+    i = sub.add_parser(
+        "info",
+        parents=[common],
+        help="describe a model",
+        description=(
+            "Architecture, dimensions, pooling, score function, max_seq_length, dtype on disk, parameter count "
+            "and where the files are."
+        ),
+    )
     i.add_argument("model", nargs="?", default=DEFAULT_MODEL, help="model directory or hub id")
     i.set_defaults(run=cmd_info)
     return ap

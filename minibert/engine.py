@@ -19,14 +19,21 @@ Every strategy gives a text the same bits alone or in any batch: that is what le
 choose freely.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
 from minibert.kernels import (
-    attention_packed, bias_act, bias_act_numpy, pool, pool_numpy, residual_layer_norm, residual_layer_norm_numpy,
-    softmax_rows, softmax_rows_numpy,
+    attention_packed,
+    bias_act,
+    bias_act_numpy,
+    pool,
+    pool_numpy,
+    residual_layer_norm,
+    residual_layer_norm_numpy,
+    softmax_rows,
+    softmax_rows_numpy,
 )
 from minibert.kernels.activations import ACTIVATIONS
 from minibert.kernels.matmul import matmul_rows, matmul_rows_split
@@ -111,8 +118,9 @@ def embeddings(ids, offsets, w, cfg, plan):  # [N], [B + 1] -> [N, D]
     words = w.word[ids]
     position = w.position[positions_of(offsets)]
     # LN(word + token_type + position), the sum taken inside the fused kernel
-    return plan.kernels.residual_layer_norm(words, w.token_type, position, w.emb_ln_g, w.emb_ln_b,
-                                            cfg.layer_norm_eps, np.empty_like(words))
+    return plan.kernels.residual_layer_norm(
+        words, w.token_type, position, w.emb_ln_g, w.emb_ln_b, cfg.layer_norm_eps, np.empty_like(words)
+    )
 
 
 def self_attention(x, offsets, lw, cfg, plan):  # [N, D], [B + 1] -> [N, D], before the output projection
@@ -136,7 +144,11 @@ def encoder_block(x, offsets, lw, cfg, plan, rows=None):  # [N, D], [B + 1] -> [
     eps = cfg.layer_norm_eps
     ctx = self_attention(x, offsets, lw, cfg, plan)
     if rows is not None:
-        ctx, x, offsets = ctx[rows], x[rows], np.arange(len(rows) + 1, dtype=np.int64)  # each kept row a text of one token
+        ctx, x, offsets = (
+            ctx[rows],
+            x[rows],
+            np.arange(len(rows) + 1, dtype=np.int64),
+        )  # each kept row a text of one token
     a = plan.dense(ctx, lw.attn_out_w, offsets)
     x = plan.kernels.residual_layer_norm(a, lw.attn_out_b, x, lw.attn_ln_g, lw.attn_ln_b, eps, x)  # in place
     f = feed_forward(x, offsets, lw, cfg, plan)

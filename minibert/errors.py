@@ -4,7 +4,6 @@ import json
 from pathlib import Path
 
 
-
 class MinibertError(Exception):
     """Base class: anything minibert rejects about a model or its files."""
 

@@ -42,8 +42,11 @@ def _check_texts(sentences):  # str | sequence of str -> (list[str], was_single)
     texts = list(sentences)
     for i, t in enumerate(texts):
         if not isinstance(t, str):
-            what = "a nested list (pairs and nested inputs are not supported)" if isinstance(t, (list, tuple)) \
+            what = (
+                "a nested list (pairs and nested inputs are not supported)"
+                if isinstance(t, (list, tuple))
                 else type(t).__name__
+            )
             raise TypeError(f"sentences[{i}] is {what}; every item must be a str")
     return texts, False
 
@@ -51,8 +54,9 @@ def _check_texts(sentences):  # str | sequence of str -> (list[str], was_single)
 class SentenceEncoder:
     """A loaded BERT/DistilBERT sentence-transformers model. Build it with ``minibert.load``."""
 
-    def __init__(self, path: str | os.PathLike, dtype: str = "float32", source: str | None = None,
-                 engine: str = "fast"):
+    def __init__(
+        self, path: str | os.PathLike, dtype: str = "float32", source: str | None = None, engine: str = "fast"
+    ):
         self.dtype = _compute_dtype(dtype)
         self.engine = _engine_name(engine)
         self.path, self.source = Path(path), source or f"local directory {path}"
@@ -61,20 +65,27 @@ class SentenceEncoder:
         self.config = load_config(tdir / "config.json")
         weights_path = tdir / "model.safetensors"
         if not weights_path.is_file():
-            other = [n for n in ("pytorch_model.bin", "tf_model.h5", "model.safetensors.index.json", "onnx/model.onnx")
-                     if (tdir / n).exists()]
+            other = [
+                n
+                for n in ("pytorch_model.bin", "tf_model.h5", "model.safetensors.index.json", "onnx/model.onnx")
+                if (tdir / n).exists()
+            ]
             hint = ""
             if "pytorch_model.bin" in other:
-                hint = (" It has pytorch_model.bin: convert it once with torch, e.g. `python -c \"import torch; "
-                        "from safetensors.torch import save_file; save_file({k: v.contiguous() for k, v in "
-                        "torch.load('pytorch_model.bin', map_location='cpu').items()}, 'model.safetensors')\"`.")
+                hint = (
+                    ' It has pytorch_model.bin: convert it once with torch, e.g. `python -c "import torch; '
+                    "from safetensors.torch import save_file; save_file({k: v.contiguous() for k, v in "
+                    "torch.load('pytorch_model.bin', map_location='cpu').items()}, 'model.safetensors')\"`."
+                )
             elif other:
                 hint = f" Found only {', '.join(other)}."
             raise CheckpointError(f"{weights_path}: not found; minibert reads weights from model.safetensors.{hint}")
         p = self.pipeline
         if p.pooling_dim is not None and p.pooling_dim != self.config.dim:
             raise CheckpointError(
-                f"{self.path}: the pooling config expects {p.pooling_dim}-dim tokens, the encoder makes {self.config.dim}")
+                f"{self.path}: the pooling config expects {p.pooling_dim}-dim tokens, "
+                f"the encoder makes {self.config.dim}"
+            )
         self.weights = load_encoder_weights(weights_path, self.config, self.dtype)
         # sentence-transformers: max_seq_length from sentence_bert_config.json, else the tokenizer's
         # model_max_length, capped by the position table (a longer input has no position vector).
@@ -83,16 +94,19 @@ class SentenceEncoder:
         if self.tokenizer.vocab_size > self.config.vocab_size:
             raise CheckpointError(
                 f"{tdir}: the tokenizer has {self.tokenizer.vocab_size} tokens but the embedding table only "
-                f"{self.config.vocab_size} rows (config.json vocab_size): tokenizer and weights do not belong together")
+                f"{self.config.vocab_size} rows (config.json vocab_size): tokenizer and weights do not belong together"
+            )
         self.pooling_modes, self.normalize = p.pooling_modes, p.normalize
         self.similarity_fn_name = p.similarity_fn_name
         self.dim = self.config.dim * len(self.pooling_modes)
 
     def __repr__(self) -> str:
         c = self.config
-        return (f"SentenceEncoder({c.arch}, {c.n_layers} x {c.dim}, pooling={'+'.join(self.pooling_modes)}, "
-                f"normalize={self.normalize}, score={self.similarity_fn_name}, max_seq_length={self.max_seq_length}, "
-                f"dtype={self.dtype.name}, engine={self.engine}, from {self.source})")
+        return (
+            f"SentenceEncoder({c.arch}, {c.n_layers} x {c.dim}, pooling={'+'.join(self.pooling_modes)}, "
+            f"normalize={self.normalize}, score={self.similarity_fn_name}, max_seq_length={self.max_seq_length}, "
+            f"dtype={self.dtype.name}, engine={self.engine}, from {self.source})"
+        )
 
     @property
     def max_seq_length(self) -> int:  # tokens per text, [CLS] and [SEP] included; longer texts are cut
@@ -114,7 +128,9 @@ class SentenceEncoder:
             raise ValueError(f"{where} has {a.size} tokens; the model has only {self.config.max_positions} positions")
         bad = np.flatnonzero((a < 0) | (a >= self.config.vocab_size))
         if bad.size:
-            raise ValueError(f"{where}[{bad[0]}] = {a[bad[0]]} is not a token id (vocabulary has {self.config.vocab_size})")
+            raise ValueError(
+                f"{where}[{bad[0]}] = {a[bad[0]]} is not a token id (vocabulary has {self.config.vocab_size})"
+            )
         return a.astype(np.int64)
 
     def hidden_states(self, input_ids: Iterable[Sequence[int]]) -> list[np.ndarray]:  # -> list of [L + 1, n_i, D]
@@ -126,16 +142,23 @@ class SentenceEncoder:
 
     # ------------------------------------------------------------------ embeddings
 
-    def encode(self, sentences: str | Sequence[str], batch_size: int = 32, show_progress_bar: bool | None = None,
-               normalize_embeddings: bool = False, output_value: str = "sentence_embedding"):
+    def encode(
+        self,
+        sentences: str | Sequence[str],
+        batch_size: int = 32,
+        show_progress_bar: bool | None = None,
+        normalize_embeddings: bool = False,
+        output_value: str = "sentence_embedding",
+    ):
         """str -> [dim]; list[str] -> [n, dim]; output_value="token_embeddings" -> list of [n_i, D]."""
         texts, single = _check_texts(sentences)
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if output_value not in OUTPUT_VALUES:
             raise ValueError(f"output_value must be one of {', '.join(OUTPUT_VALUES)}, got {output_value!r}")
-        results = self._run(self.tokenizer.encode(texts), output_value, batch_size, normalize_embeddings,
-                            bool(show_progress_bar))
+        results = self._run(
+            self.tokenizer.encode(texts), output_value, batch_size, normalize_embeddings, bool(show_progress_bar)
+        )
         return results[0] if single else results
 
     def _run(self, ids, output, batch_size, normalize=False, progress=False):  # list of [n_i] -> results in input order
@@ -150,13 +173,14 @@ class SentenceEncoder:
             starts = tqdm(starts, desc="Batches", unit="batch")
         with plan(self, [len(x) for x in ids], output) as p:
             for start in starts:
-                idx = order[start:start + batch_size]
+                idx = order[start : start + batch_size]
                 # Texts dealt out in turn, there and back (longest first: 0 1 1 0 0 1 ...), so the
                 # shares have about as many tokens. Nothing is padded, so a text's result does not
                 # depend on which share it lands in.
                 shares = _deal(idx, min(p.workers, len(idx)))
-                outputs = threads.map_shares(lambda share: self._forward(share, [ids[i] for i in share], p, output,
-                                                                         normalize), shares)
+                outputs = threads.map_shares(
+                    lambda share: self._forward(share, [ids[i] for i in share], p, output, normalize), shares
+                )
                 for share, out in zip(shares, outputs):
                     if pooled:
                         results[share] = out
@@ -178,9 +202,9 @@ class SentenceEncoder:
         if output == "sentence_embedding":
             return self.pool(h, offsets, p, normalize)
         if output == "token_embeddings":
-            return [h[offsets[b]:offsets[b + 1]].copy() for b in range(len(batch))]
+            return [h[offsets[b] : offsets[b + 1]].copy() for b in range(len(batch))]
         stacked = np.stack(states)  # [L + 1, N, D]
-        return [stacked[:, offsets[b]:offsets[b + 1]] for b in range(len(batch))]
+        return [stacked[:, offsets[b] : offsets[b + 1]] for b in range(len(batch))]
 
     def _forward_reference(self, idx, batch, output, normalize):  # minibert/bert.py, text by text
         w, cfg = self.weights, self.config
@@ -194,13 +218,16 @@ class SentenceEncoder:
         vectors = [np.concatenate([bert.pool(s[-1], mode) for mode in self.pooling_modes]) for s in states]
         return np.stack([bert.normalize(v) for v in vectors] if self.normalize or normalize else vectors)
 
-    def _check_finite(self, h, offsets, idx):  # NaN/inf weights (or an fp16 overflow) must never become a silent embedding
+    def _check_finite(
+        self, h, offsets, idx
+    ):  # NaN/inf weights (or an fp16 overflow) must never become a silent embedding
         bad = np.flatnonzero(~np.isfinite(h).all(axis=1))
         if bad.size:
             text = idx[int(np.searchsorted(offsets, bad[0], side="right")) - 1]
             raise MinibertError(
                 f"the encoder output for text {text} is not finite (NaN or inf): the weights in "
-                f"{self.path} hold non-finite values or overflow in {self.dtype.name}")
+                f"{self.path} hold non-finite values or overflow in {self.dtype.name}"
+            )
 
     def pool(self, h, offsets, p, normalize_embeddings=False):  # [N, D], [B + 1], Plan -> [B, dim]
         pooled = engine.pool(h, offsets, self.pooling_modes, p)
@@ -241,9 +268,15 @@ def _tokenizer_max_length(model_dir):  # tokenizer_config.json's model_max_lengt
     return int(value) if isinstance(value, (int, float)) and 2 <= value < 1e6 else None
 
 
-def load(name_or_path: str | os.PathLike = DEFAULT_MODEL, *, revision: str | None = None,
-         cache_dir: str | os.PathLike | None = None, local_files_only: bool = False, dtype: str = "float32",
-         engine: str = "fast") -> SentenceEncoder:
+def load(
+    name_or_path: str | os.PathLike = DEFAULT_MODEL,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+    dtype: str = "float32",
+    engine: str = "fast",
+) -> SentenceEncoder:
     """Load a sentence-transformers BERT/DistilBERT model from a directory or a hub id.
 
     ``dtype``: "float32" or "float64" (the whole encoder in that precision). ``engine``: "fast"

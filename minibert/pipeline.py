@@ -39,7 +39,11 @@ class Pipeline:
 
 
 def _module_kind(type_name):  # "sentence_transformers.models.Pooling" -> "Pooling"
-    return type_name.rsplit(".", 1)[-1] if isinstance(type_name, str) and type_name.startswith("sentence_transformers.") else None
+    return (
+        type_name.rsplit(".", 1)[-1]
+        if isinstance(type_name, str) and type_name.startswith("sentence_transformers.")
+        else None
+    )
 
 
 def pooling_modes_from_config(cfg, path):  # dict -> tuple of modes (sentence-transformers' rules)
@@ -87,7 +91,8 @@ def read_pipeline(model_dir):  # Path -> Pipeline
             )
     if kinds[:2] != ["Transformer", "Pooling"] or kinds[2:] not in ([], ["Normalize"]):
         raise UnsupportedModelError(
-            f"{model_dir / 'modules.json'}: module order {kinds} is not supported; expected Transformer, Pooling[, Normalize]"
+            f"{model_dir / 'modules.json'}: module order {kinds} is not supported; "
+            "expected Transformer, Pooling[, Normalize]"
         )
     transformer_dir = model_dir / modules[0].get("path", "")
     sbert = read_json(transformer_dir / "sentence_bert_config.json", required=False)

@@ -32,7 +32,6 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-
 from minibert.kernels import jit
 from minibert.kernels.matmul import blas_k_blocks, blas_row_tile
 
@@ -227,5 +226,6 @@ def describe(p):  # Plan -> one line, for the parity report and the tests
     if p.reference:
         return "reference (minibert/bert.py, NumPy, one text at a time)"
     dense = p.dense.name + (f" x{p.dense.threads} threads" if isinstance(p.dense, StreamingDense) else "")
-    return (f"{p.kernels.name} kernels, {dense} dense layers, {p.workers} worker(s)"
-            + (", [CLS]-only last block" if p.first_token_only else ""))
+    return f"{p.kernels.name} kernels, {dense} dense layers, {p.workers} worker(s)" + (
+        ", [CLS]-only last block" if p.first_token_only else ""
+    )

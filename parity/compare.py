@@ -59,10 +59,19 @@ def collect_reference(model_dir, texts, dtype="float32", progress=lambda msg: No
     hidden = hf.hf_hidden_states(st, ids)
     emb = hf.st_embeddings(st, texts)
     if oracle is st:
-        return dict(model=str(model_dir), dtype=dtype, ids=ids, hidden=hidden, emb=emb, oracle_hidden=hidden, oracle_emb=emb)
+        return dict(
+            model=str(model_dir), dtype=dtype, ids=ids, hidden=hidden, emb=emb, oracle_hidden=hidden, oracle_emb=emb
+        )
     progress("transformers float64 oracle")
-    return dict(model=str(model_dir), dtype=dtype, ids=ids, hidden=hidden, emb=emb,
-                oracle_hidden=hf.hf_hidden_states(oracle, ids), oracle_emb=hf.st_embeddings(oracle, texts))
+    return dict(
+        model=str(model_dir),
+        dtype=dtype,
+        ids=ids,
+        hidden=hidden,
+        emb=emb,
+        oracle_hidden=hf.hf_hidden_states(oracle, ids),
+        oracle_emb=hf.st_embeddings(oracle, texts),
+    )
 
 
 def compare(model, texts, ref, progress=lambda msg: None):
@@ -78,8 +87,13 @@ def compare(model, texts, ref, progress=lambda msg: None):
             mismatches += 1
             if first is None:
                 pos = next((p for p in range(min(len(a), len(b))) if a[p] != b[p]), min(len(a), len(b)))
-                first = {"text": i, "position": int(pos), "minibert": a[pos:pos + 5].tolist(),
-                         "transformers": b[pos:pos + 5].tolist(), "snippet": texts[i][:60]}
+                first = {
+                    "text": i,
+                    "position": int(pos),
+                    "minibert": a[pos : pos + 5].tolist(),
+                    "transformers": b[pos : pos + 5].tolist(),
+                    "snippet": texts[i][:60],
+                }
 
     # ---- layers (both fed transformers' ids)
     progress("minibert: hidden states")
@@ -97,8 +111,14 @@ def compare(model, texts, ref, progress=lambda msg: None):
             max_rel = max(max_rel, r)
             mb_rel = max(mb_rel, rel_err(m[layer], o[layer])[1])
             torch_rel = max(torch_rel, rel_err(h[layer], o[layer])[1])
-        row.update(max_abs=worst_abs, max_rel=max_rel, worst=worst_where, oracle_minibert_rel=mb_rel,
-                   oracle_torch_rel=torch_rel, allowed=allowed(torch_rel, dtype))
+        row.update(
+            max_abs=worst_abs,
+            max_rel=max_rel,
+            worst=worst_where,
+            oracle_minibert_rel=mb_rel,
+            oracle_torch_rel=torch_rel,
+            allowed=allowed(torch_rel, dtype),
+        )
         row["pass"] = mb_rel <= row["allowed"]
         layers.append(row)
 
@@ -111,46 +131,79 @@ def compare(model, texts, ref, progress=lambda msg: None):
     e_abs, e_rel, e_where = rel_err(emb, st_emb)
     o_mb_abs, o_mb_rel, _ = rel_err(emb, oracle_emb)
     o_t_abs, o_t_rel, _ = rel_err(st_emb, oracle_emb)
-    embedding = {"max_abs": e_abs, "max_rel": e_rel, "min_cosine": float(cos.min()) if len(cos) else 1.0,
-                 "worst": {"text": int(e_where[0]), "channel": int(e_where[1])} if e_where else None}
-    oracle_report = {"minibert_max_abs": o_mb_abs, "torch_max_abs": o_t_abs, "minibert_max_rel": o_mb_rel,
-                     "torch_max_rel": o_t_rel, "allowed_rel": allowed(o_t_rel, dtype),
-                     "closer": ("n/a: in float64, transformers is the oracle" if dtype == "float64" else
-                                "minibert" if o_mb_abs < o_t_abs else "torch" if o_t_abs < o_mb_abs else "tie")}
+    embedding = {
+        "max_abs": e_abs,
+        "max_rel": e_rel,
+        "min_cosine": float(cos.min()) if len(cos) else 1.0,
+        "worst": {"text": int(e_where[0]), "channel": int(e_where[1])} if e_where else None,
+    }
+    oracle_report = {
+        "minibert_max_abs": o_mb_abs,
+        "torch_max_abs": o_t_abs,
+        "minibert_max_rel": o_mb_rel,
+        "torch_max_rel": o_t_rel,
+        "allowed_rel": allowed(o_t_rel, dtype),
+        "closer": (
+            "n/a: in float64, transformers is the oracle"
+            if dtype == "float64"
+            else "minibert"
+            if o_mb_abs < o_t_abs
+            else "torch"
+            if o_t_abs < o_mb_abs
+            else "tie"
+        ),
+    }
     embedding["pass"] = o_mb_rel <= oracle_report["allowed_rel"]
     with plan.forced("numba"):
         one = np.stack([model.encode(t) for t in texts]) if texts else emb
     one_rel = rel_err(one, oracle_emb)[1]
-    embedding["one_at_a_time"] = {"minibert_max_rel": one_rel, "vs_batched_max_rel": rel_err(one, emb)[1],
-                                  "pass": one_rel <= oracle_report["allowed_rel"],
-                                  # 1: BLAS gives a row the same bits anywhere; above 1, texts are laid out on tiles
-                                  "blas_row_tile": plan.row_tile(model.dtype)}
+    embedding["one_at_a_time"] = {
+        "minibert_max_rel": one_rel,
+        "vs_batched_max_rel": rel_err(one, emb)[1],
+        "pass": one_rel <= oracle_report["allowed_rel"],
+        # 1: BLAS gives a row the same bits anywhere; above 1, texts are laid out on tiles
+        "blas_row_tile": plan.row_tile(model.dtype),
+    }
     with plan.forced("numpy"):  # the path a process takes before Numba starts (minibert/plan.py)
         by_numpy = np.stack([model.encode(t) for t in texts]) if texts else emb
     numpy_rel = rel_err(by_numpy, oracle_emb)[1]
-    embedding["numpy_path"] = {"minibert_max_rel": numpy_rel, "vs_numba_max_rel": rel_err(by_numpy, one)[1],
-                               "texts_identical": int((by_numpy == one).all(axis=1).sum()),
-                               "pass": numpy_rel <= oracle_report["allowed_rel"]}
+    embedding["numpy_path"] = {
+        "minibert_max_rel": numpy_rel,
+        "vs_numba_max_rel": rel_err(by_numpy, one)[1],
+        "texts_identical": int((by_numpy == one).all(axis=1).sum()),
+        "pass": numpy_rel <= oracle_report["allowed_rel"],
+    }
 
     failures = []
     if mismatches:
         failures.append(f"tokens: {mismatches} text(s) tokenized differently (first: text {first['text']})")
     bad_layer = next((r for r in layers if not r["pass"]), None)
     if bad_layer:
-        failures.append(f"layers: drift starts at layer {bad_layer['layer']} ({bad_layer['name']}): "
-                        f"{bad_layer['oracle_minibert_rel']:.3g} from float64 vs allowed {bad_layer['allowed']:.3g}")
+        failures.append(
+            f"layers: drift starts at layer {bad_layer['layer']} ({bad_layer['name']}): "
+            f"{bad_layer['oracle_minibert_rel']:.3g} from float64 vs allowed {bad_layer['allowed']:.3g}"
+        )
     if not embedding["pass"]:
         failures.append(f"embedding: {o_mb_rel:.3g} from float64 vs allowed {oracle_report['allowed_rel']:.3g}")
     if not embedding["one_at_a_time"]["pass"]:
-        failures.append(f"embedding, one text per call: {one_rel:.3g} from float64 vs allowed {oracle_report['allowed_rel']:.3g}")
+        failures.append(
+            f"embedding, one text per call: {one_rel:.3g} from float64 vs allowed {oracle_report['allowed_rel']:.3g}"
+        )
     if not embedding["numpy_path"]["pass"]:
-        failures.append(f"embedding, NumPy path: {numpy_rel:.3g} from float64 vs allowed {oracle_report['allowed_rel']:.3g}")
+        failures.append(
+            f"embedding, NumPy path: {numpy_rel:.3g} from float64 vs allowed {oracle_report['allowed_rel']:.3g}"
+        )
     return {
-        "model": ref["model"], "dtype": dtype, "texts": len(texts),
+        "model": ref["model"],
+        "dtype": dtype,
+        "texts": len(texts),
         "n_tokens": int(sum(len(x) for x in ref_ids)),
         "tokens": {"mismatches": mismatches, "first_mismatch": first},
-        "layers": layers, "embedding": embedding, "oracle": oracle_report,
+        "layers": layers,
+        "embedding": embedding,
+        "oracle": oracle_report,
         "tolerances": {"ratio_to_torch": OUTLIER_RATIO, "fp32_floor": FP32_FLOOR, "fp64": FP64_TOL},
-        "failures": failures, "first_failing_layer": bad_layer["layer"] if bad_layer else None,
+        "failures": failures,
+        "first_failing_layer": bad_layer["layer"] if bad_layer else None,
         "pass": not failures,
     }

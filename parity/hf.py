@@ -56,8 +56,9 @@ def st_embeddings(st_model, texts, batch_size=32):  # -> [n, dim] in the model's
     import torch
 
     with torch.inference_mode():
-        emb = st_model.encode(list(texts), batch_size=batch_size, convert_to_numpy=False, convert_to_tensor=True,
-                              show_progress_bar=False)
+        emb = st_model.encode(
+            list(texts), batch_size=batch_size, convert_to_numpy=False, convert_to_tensor=True, show_progress_bar=False
+        )
     return emb.cpu().numpy()
 
 

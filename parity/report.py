@@ -15,12 +15,12 @@ def read_texts(path):  # .txt (one text per line) or .json (a list of strings) -
     try:
         raw = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise SystemExit(f"parity: cannot read --texts {p}: {e}")
+        raise SystemExit(f"parity: cannot read --texts {p}: {e}") from None
     if p.suffix == ".json":
         try:
             data = json.loads(raw)
         except json.JSONDecodeError as e:
-            raise SystemExit(f"parity: --texts {p} is not valid JSON: {e}")
+            raise SystemExit(f"parity: --texts {p} is not valid JSON: {e}") from None
         if not isinstance(data, list) or not all(isinstance(t, str) for t in data):
             raise SystemExit(f"parity: --texts {p} must hold a JSON list of strings")
         return data
@@ -33,29 +33,45 @@ def format_report(r):  # report dict -> readable table
     lines.append(f"tokens      {t['mismatches']} mismatching text(s)")
     if t["first_mismatch"]:
         f = t["first_mismatch"]
-        lines.append(f"            first: text {f['text']} at token {f['position']}: minibert {f['minibert']} "
-                     f"vs transformers {f['transformers']}  ({f['snippet']!r})")
-    lines += ["", "layer          max_abs    max_rel   worst (text, token, channel)   vs float64: minibert    torch  allowed",
-              "-" * 112]
+        lines.append(
+            f"            first: text {f['text']} at token {f['position']}: minibert {f['minibert']} "
+            f"vs transformers {f['transformers']}  ({f['snippet']!r})"
+        )
+    lines += [
+        "",
+        "layer          max_abs    max_rel   worst (text, token, channel)   vs float64: minibert    torch  allowed",
+        "-" * 112,
+    ]
     for row in r["layers"]:
         w = row["worst"]
-        lines.append(f"{row['name']:<12} {row['max_abs']:9.2e} {row['max_rel']:10.2e}   ({w['text']:>3}, {w['token']:>3}, {w['channel']:>4})"
-                     f"                  {row['oracle_minibert_rel']:9.2e} {row['oracle_torch_rel']:9.2e} {row['allowed']:8.2e}"
-                     f"  {'ok' if row['pass'] else 'FAIL'}")
+        lines.append(
+            f"{row['name']:<12} {row['max_abs']:9.2e} {row['max_rel']:10.2e}   "
+            f"({w['text']:>3}, {w['token']:>3}, {w['channel']:>4})"
+            f"                  {row['oracle_minibert_rel']:9.2e} {row['oracle_torch_rel']:9.2e} {row['allowed']:8.2e}"
+            f"  {'ok' if row['pass'] else 'FAIL'}"
+        )
     e, o = r["embedding"], r["oracle"]
-    lines += ["", f"embedding   max_abs {e['max_abs']:.2e}  max_rel {e['max_rel']:.2e}  min cosine {e['min_cosine']:.9f}",
-              f"oracle      vs float64 transformers: minibert {o['minibert_max_abs']:.2e} abs / {o['minibert_max_rel']:.2e} rel,"
-              f" torch {o['torch_max_abs']:.2e} abs / {o['torch_max_rel']:.2e} rel -> closer: {o['closer']}",
-              f"one per call minibert {e['one_at_a_time']['minibert_max_rel']:.2e} rel from float64"
-              f" ({e['one_at_a_time']['vs_batched_max_rel']:.2e} from its batched result; BLAS row tile"
-              f" {e['one_at_a_time'].get('blas_row_tile', 1) or 'not found'})"
-              f"  {'ok' if e['one_at_a_time']['pass'] else 'FAIL'}",
-              f"NumPy path  minibert {e['numpy_path']['minibert_max_rel']:.2e} rel from float64"
-              f" ({e['numpy_path']['vs_numba_max_rel']:.2e} from the Numba path; {e['numpy_path']['texts_identical']}"
-              f" of {r['texts']} texts the same bits)  {'ok' if e['numpy_path']['pass'] else 'FAIL'}", ""]
+    lines += [
+        "",
+        f"embedding   max_abs {e['max_abs']:.2e}  max_rel {e['max_rel']:.2e}  min cosine {e['min_cosine']:.9f}",
+        f"oracle      vs float64 transformers: minibert {o['minibert_max_abs']:.2e} abs / "
+        f"{o['minibert_max_rel']:.2e} rel,"
+        f" torch {o['torch_max_abs']:.2e} abs / {o['torch_max_rel']:.2e} rel -> closer: {o['closer']}",
+        f"one per call minibert {e['one_at_a_time']['minibert_max_rel']:.2e} rel from float64"
+        f" ({e['one_at_a_time']['vs_batched_max_rel']:.2e} from its batched result; BLAS row tile"
+        f" {e['one_at_a_time'].get('blas_row_tile', 1) or 'not found'})"
+        f"  {'ok' if e['one_at_a_time']['pass'] else 'FAIL'}",
+        f"NumPy path  minibert {e['numpy_path']['minibert_max_rel']:.2e} rel from float64"
+        f" ({e['numpy_path']['vs_numba_max_rel']:.2e} from the Numba path; {e['numpy_path']['texts_identical']}"
+        f" of {r['texts']} texts the same bits)  {'ok' if e['numpy_path']['pass'] else 'FAIL'}",
+        "",
+    ]
     if r["pass"]:
-        rule = ("minibert within 1e-12 relative of float64 transformers" if r["dtype"] == "float64" else
-                "minibert's error from float64 <= 2 x torch fp32's + 2.4e-7, at every layer and the embedding")
+        rule = (
+            "minibert within 1e-12 relative of float64 transformers"
+            if r["dtype"] == "float64"
+            else "minibert's error from float64 <= 2 x torch fp32's + 2.4e-7, at every layer and the embedding"
+        )
         lines.append(f"verdict     PASS ({rule})")
     else:
         lines.append("verdict     FAIL")
@@ -64,9 +80,13 @@ def format_report(r):  # report dict -> readable table
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m minibert.parity", description=(
-        "Compare minibert with transformers and sentence-transformers on MODEL: token ids, every layer's "
-        "hidden states, the pooled embedding, and both against a float64 oracle. Exit 0 within tolerance, 1 not."))
+    ap = argparse.ArgumentParser(
+        prog="python -m minibert.parity",
+        description=(
+            "Compare minibert with transformers and sentence-transformers on MODEL: token ids, every layer's "
+            "hidden states, the pooled embedding, and both against a float64 oracle. Exit 0 within tolerance, 1 not."
+        ),
+    )
     ap.add_argument("model", help="model directory or hub id")
     ap.add_argument("--texts", help=".txt (one text per line) or .json (list of strings); default: the suite's own set")
     ap.add_argument("--json", dest="json_out", metavar="OUT", help="also write the full report as JSON")
@@ -81,7 +101,7 @@ def main(argv=None):
     try:
         model = minibert.load(args.model, dtype=args.dtype)
     except (minibert.MinibertError, ValueError, TypeError) as e:
-        raise SystemExit(f"parity: {e}")
+        raise SystemExit(f"parity: {e}") from None
     progress = lambda m: print(f"... {m}", file=sys.stderr, flush=True)
     ref = collect_reference(model.path, texts, args.dtype, progress)
     report = compare(model, texts, ref, progress)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+
 def read_sts(path):  # -> (sentences1, sentences2, gold scores [n])
     s1, s2, gold = [], [], []
     p = Path(path)
@@ -23,7 +24,7 @@ def read_sts(path):  # -> (sentences1, sentences2, gold scores [n])
     try:
         lines = p.read_text(encoding="utf-8").split("\n")
     except (OSError, UnicodeDecodeError) as e:
-        raise SystemExit(f"parity.sts: cannot read {p}: {e}")
+        raise SystemExit(f"parity.sts: cannot read {p}: {e}") from None
     if lines and lines[-1] == "":
         lines.pop()
     for n, line in enumerate(lines, 1):
@@ -33,7 +34,7 @@ def read_sts(path):  # -> (sentences1, sentences2, gold scores [n])
         try:
             gold.append(float(cols[4]))
         except ValueError:
-            raise SystemExit(f"parity.sts: {path}:{n}: gold score {cols[4]!r} is not a number")
+            raise SystemExit(f"parity.sts: {path}:{n}: gold score {cols[4]!r} is not a number") from None
         s1.append(cols[5])
         s2.append(cols[6])
     return s1, s2, np.array(gold)
@@ -49,7 +50,7 @@ def rank(x):  # ranks 1..n, ties get their average rank (as scipy.stats.rankdata
         j = i
         while j + 1 < len(x) and sorted_x[j + 1] == sorted_x[i]:
             j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
         i = j + 1
     return ranks
 
@@ -77,12 +78,14 @@ def main(argv=None):
     try:
         model = minibert.load(args.model)
     except (minibert.MinibertError, ValueError, TypeError) as e:
-        raise SystemExit(f"parity.sts: {e}")
+        raise SystemExit(f"parity.sts: {e}") from None
     t = time.perf_counter()
     e1, e2 = model.encode(s1, batch_size=args.batch_size), model.encode(s2, batch_size=args.batch_size)
-    results = {"model": str(args.model), "pairs": len(gold),
-               "minibert": {"spearman_x100": 100 * spearman(cosine_pairs(e1, e2), gold),
-                            "seconds": time.perf_counter() - t}}
+    results = {
+        "model": str(args.model),
+        "pairs": len(gold),
+        "minibert": {"spearman_x100": 100 * spearman(cosine_pairs(e1, e2), gold), "seconds": time.perf_counter() - t},
+    }
     if not args.no_st:
         try:
             from . import hf
@@ -93,8 +96,10 @@ def main(argv=None):
         if st is not None:
             t = time.perf_counter()
             f1, f2 = hf.st_embeddings(st, s1, args.batch_size), hf.st_embeddings(st, s2, args.batch_size)
-            results["sentence_transformers"] = {"spearman_x100": 100 * spearman(cosine_pairs(f1, f2), gold),
-                                                "seconds": time.perf_counter() - t}
+            results["sentence_transformers"] = {
+                "spearman_x100": 100 * spearman(cosine_pairs(f1, f2), gold),
+                "seconds": time.perf_counter() - t,
+            }
     print(f"STS Benchmark test, {len(gold)} pairs, Spearman x100 of cosine similarity: {args.model}")
     for name in ("minibert", "sentence_transformers"):
         if name in results:

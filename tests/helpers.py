@@ -9,8 +9,20 @@ from safetensors.numpy import save_file
 
 from minibert.parity.standins import TOKENIZER_DIR, model_config, standin_tensors
 
-TINY = dict(arch="bert", dim=32, layers=2, heads=4, ffn=64, pooling="mean", similarity="cosine",
-            tokenizer="json", weights_dtype="F32", do_lower_case=False, max_seq_length=64, seed=7)
+TINY = dict(
+    arch="bert",
+    dim=32,
+    layers=2,
+    heads=4,
+    ffn=64,
+    pooling="mean",
+    similarity="cosine",
+    tokenizer="json",
+    weights_dtype="F32",
+    do_lower_case=False,
+    max_seq_length=64,
+    seed=7,
+)
 
 
 def tiny_spec(**changes):
@@ -30,18 +42,24 @@ def write_model(out, spec=None, tensors=None, config=None, modules=True, pooling
     for f in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(TOKENIZER_DIR / f, out)
     if modules:
-        mods = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+        mods = [
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        ]
         if modules == "normalize":
-            mods.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+            mods.append(
+                {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}
+            )
         elif isinstance(modules, list):
             mods = modules
         (out / "modules.json").write_text(json.dumps(mods))
         (out / "1_Pooling").mkdir(exist_ok=True)
-        (out / "1_Pooling" / "config.json").write_text(json.dumps(
-            pooling or {"word_embedding_dimension": spec["dim"], "pooling_mode_mean_tokens": True}))
-        (out / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": spec["max_seq_length"],
-                                                                    "do_lower_case": False}))
+        (out / "1_Pooling" / "config.json").write_text(
+            json.dumps(pooling or {"word_embedding_dimension": spec["dim"], "pooling_mode_mean_tokens": True})
+        )
+        (out / "sentence_bert_config.json").write_text(
+            json.dumps({"max_seq_length": spec["max_seq_length"], "do_lower_case": False})
+        )
     if st_config is not None:
         (out / "config_sentence_transformers.json").write_text(json.dumps(st_config))
     return out

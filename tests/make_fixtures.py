@@ -11,8 +11,8 @@ few texts. The core tests read this file and need no torch.
 
 import json
 import sys
-from pathlib import Path
 import tempfile
+from pathlib import Path
 
 import numpy as np
 

@@ -4,11 +4,10 @@ import json
 
 import numpy as np
 import pytest
+from helpers import rel_err, write_model
 
 import minibert
 from minibert import UnsupportedModelError, util
-
-from helpers import rel_err, tiny_spec, write_model
 
 
 @pytest.fixture(scope="module")
@@ -28,25 +27,33 @@ def test_shapes(model):
     assert model.encode("one", output_value="token_embeddings").shape == (3, 32)
 
 
-@pytest.mark.parametrize("bad,error,match", [
-    (None, TypeError, "sentences is None"),
-    (42, TypeError, "got int"),
-    (["ok", 3], TypeError, r"sentences\[1\] is int"),
-    (["ok", None], TypeError, r"sentences\[1\] is NoneType"),
-    (["ok", ["nested"]], TypeError, r"sentences\[1\] is a nested list"),
-    ([("a", "b")], TypeError, r"sentences\[0\] is a nested list"),
-    (b"bytes", TypeError, "bytes"),
-    ({"a": 1}, TypeError, "got dict"),
-])
+@pytest.mark.parametrize(
+    "bad,error,match",
+    [
+        (None, TypeError, "sentences is None"),
+        (42, TypeError, "got int"),
+        (["ok", 3], TypeError, r"sentences\[1\] is int"),
+        (["ok", None], TypeError, r"sentences\[1\] is NoneType"),
+        (["ok", ["nested"]], TypeError, r"sentences\[1\] is a nested list"),
+        ([("a", "b")], TypeError, r"sentences\[0\] is a nested list"),
+        (b"bytes", TypeError, "bytes"),
+        ({"a": 1}, TypeError, "got dict"),
+    ],
+)
 def test_bad_sentences(model, bad, error, match):
     with pytest.raises(error, match=match):
         model.encode(bad)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"batch_size": 0}, "batch_size"), ({"batch_size": "8"}, "batch_size"), ({"batch_size": True}, "batch_size"),
-    ({"output_value": "embeddings"}, "output_value"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"batch_size": 0}, "batch_size"),
+        ({"batch_size": "8"}, "batch_size"),
+        ({"batch_size": True}, "batch_size"),
+        ({"output_value": "embeddings"}, "output_value"),
+    ],
+)
 def test_bad_options(model, kwargs, match):
     with pytest.raises(ValueError, match=match):
         model.encode(["x"], **kwargs)
@@ -120,38 +127,50 @@ def pooled_model(tmp_path, **kw):
     return minibert.load(write_model(tmp_path / "m", **kw), dtype="float64")
 
 
-@pytest.mark.parametrize("cfg,modes", [
-    ({"pooling_mode_cls_token": True}, ("cls",)),
-    ({"pooling_mode_max_tokens": True}, ("max",)),
-    ({"pooling_mode_mean_sqrt_len_tokens": True}, ("mean_sqrt_len_tokens",)),
-    ({"pooling_mode_weightedmean_tokens": True}, ("weightedmean",)),
-    ({"pooling_mode_lasttoken": True}, ("lasttoken",)),
-    ({"pooling_mode_mean_tokens": True, "pooling_mode_cls_token": True}, ("cls", "mean")),
-    ({"pooling_mode": "max"}, ("max",)),
-    ({"pooling_mode": ["mean", "cls"]}, ("mean", "cls")),
-    ({"pooling_mode_mean_tokens": False}, ("mean",)),  # nothing chosen: sentence-transformers means
-])
+@pytest.mark.parametrize(
+    "cfg,modes",
+    [
+        ({"pooling_mode_cls_token": True}, ("cls",)),
+        ({"pooling_mode_max_tokens": True}, ("max",)),
+        ({"pooling_mode_mean_sqrt_len_tokens": True}, ("mean_sqrt_len_tokens",)),
+        ({"pooling_mode_weightedmean_tokens": True}, ("weightedmean",)),
+        ({"pooling_mode_lasttoken": True}, ("lasttoken",)),
+        ({"pooling_mode_mean_tokens": True, "pooling_mode_cls_token": True}, ("cls", "mean")),
+        ({"pooling_mode": "max"}, ("max",)),
+        ({"pooling_mode": ["mean", "cls"]}, ("mean", "cls")),
+        ({"pooling_mode_mean_tokens": False}, ("mean",)),  # nothing chosen: sentence-transformers means
+    ],
+)
 def test_pooling_configs(tmp_path, cfg, modes):
     m = pooled_model(tmp_path, pooling={"word_embedding_dimension": 32, **cfg})
     assert m.pooling_modes == modes
     text = "pooling modes test sentence"
     tokens = m.encode(text, output_value="token_embeddings")
-    by_mode = {"cls": tokens[0], "lasttoken": tokens[-1], "max": tokens.max(0), "mean": tokens.mean(0),
-               "mean_sqrt_len_tokens": tokens.sum(0) / np.sqrt(len(tokens)),
-               "weightedmean": (tokens * np.arange(1, len(tokens) + 1)[:, None]).sum(0) / np.arange(1, len(tokens) + 1).sum()}
+    by_mode = {
+        "cls": tokens[0],
+        "lasttoken": tokens[-1],
+        "max": tokens.max(0),
+        "mean": tokens.mean(0),
+        "mean_sqrt_len_tokens": tokens.sum(0) / np.sqrt(len(tokens)),
+        "weightedmean": (tokens * np.arange(1, len(tokens) + 1)[:, None]).sum(0) / np.arange(1, len(tokens) + 1).sum(),
+    }
     np.testing.assert_allclose(m.encode(text), np.concatenate([by_mode[x] for x in modes]), rtol=1e-12)
     assert m.dim == 32 * len(modes)
 
 
-@pytest.mark.parametrize("cfg,shortcut", [
-    ({"pooling_mode_cls_token": True}, True),
-    ({"pooling_mode_lasttoken": True}, False),
-    ({"pooling_mode_mean_tokens": True, "pooling_mode_cls_token": True}, False),
-])
+@pytest.mark.parametrize(
+    "cfg,shortcut",
+    [
+        ({"pooling_mode_cls_token": True}, True),
+        ({"pooling_mode_lasttoken": True}, False),
+        ({"pooling_mode_mean_tokens": True, "pooling_mode_cls_token": True}, False),
+    ],
+)
 def test_cls_pooling_computes_only_the_first_token_in_the_last_layer(tmp_path, monkeypatch, cfg, shortcut):
     # Only [CLS] pooling alone may skip the other tokens' last feed-forward block (model.py): the
     # embedding is then the full pass's first token, bit for bit, in a batch and alone.
     from minibert import engine
+
     seen = []
     real = engine.forward
     monkeypatch.setattr(engine, "forward", lambda *a: seen.append(a[-1].first_token_only) or real(*a))  # the plan
@@ -166,11 +185,14 @@ def test_cls_pooling_computes_only_the_first_token_in_the_last_layer(tmp_path, m
         np.testing.assert_array_equal(np.stack([m.encode(t) for t in texts]), got)
 
 
-@pytest.mark.parametrize("cfg,match", [
-    ({"pooling_mode_median_tokens": True}, "unknown pooling option.*pooling_mode_median_tokens"),
-    ({"pooling_mode": "median"}, "unknown pooling mode 'median'"),
-    ({"pooling_mode": 3}, "pooling_mode must be"),
-])
+@pytest.mark.parametrize(
+    "cfg,match",
+    [
+        ({"pooling_mode_median_tokens": True}, "unknown pooling option.*pooling_mode_median_tokens"),
+        ({"pooling_mode": "median"}, "unknown pooling mode 'median'"),
+        ({"pooling_mode": 3}, "pooling_mode must be"),
+    ],
+)
 def test_bad_pooling(tmp_path, cfg, match):
     with pytest.raises(UnsupportedModelError, match=match):
         pooled_model(tmp_path, pooling={"word_embedding_dimension": 32, **cfg})
@@ -182,9 +204,11 @@ def test_pooling_dimension_mismatch(tmp_path):
 
 
 def test_unknown_module_type_is_named(tmp_path):
-    mods = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-            {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"}]
+    mods = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"},
+    ]
     with pytest.raises(UnsupportedModelError, match="'sentence_transformers.models.Dense' is not supported"):
         pooled_model(tmp_path, modules=mods)
 
@@ -203,8 +227,16 @@ def test_plain_transformers_checkpoint_means(tmp_path):
     np.testing.assert_allclose(plain.encode("some text"), st.encode("some text"), rtol=1e-12)
 
 
-@pytest.mark.parametrize("name,fn", [(None, util.cos_sim), ("cosine", util.cos_sim), ("dot", util.dot_score),
-                                     ("euclidean", util.euclidean_sim), ("manhattan", util.manhattan_sim)])
+@pytest.mark.parametrize(
+    "name,fn",
+    [
+        (None, util.cos_sim),
+        ("cosine", util.cos_sim),
+        ("dot", util.dot_score),
+        ("euclidean", util.euclidean_sim),
+        ("manhattan", util.manhattan_sim),
+    ],
+)
 def test_similarity_fn_name(tmp_path, name, fn):
     m = pooled_model(tmp_path, st_config={} if name is None else {"similarity_fn_name": name})
     e = m.encode(["a b", "c d e", "f"])
@@ -221,12 +253,18 @@ def test_do_lower_case(tmp_path):
     d = write_model(tmp_path / "m")
     cased_ids = minibert.load(d).tokenize(["Hello WORLD"])
     (d / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64, "do_lower_case": True}))
-    assert [list(x) for x in minibert.load(d).tokenize(["Hello WORLD"])] == [list(x) for x in cased_ids]  # vocab is uncased
+    assert [list(x) for x in minibert.load(d).tokenize(["Hello WORLD"])] == [
+        list(x) for x in cased_ids
+    ]  # vocab is uncased
 
 
 def test_vocab_only_tokenizer_equals_tokenizer_json(tmp_path):
     d = write_model(tmp_path / "m")
-    texts = ["Café résumé [CLS] literal", "北京 🍕 https://x.org/a?b=1", "Pneumonoultramicroscopicsilicovolcanoconiosis" * 3]
+    texts = [
+        "Café résumé [CLS] literal",
+        "北京 🍕 https://x.org/a?b=1",
+        "Pneumonoultramicroscopicsilicovolcanoconiosis" * 3,
+    ]
     want = minibert.load(d).tokenize(texts)
     (d / "tokenizer.json").unlink()
     got = minibert.load(d).tokenize(texts)
@@ -270,6 +308,7 @@ def test_semantic_search_matches_brute_force(chunks):
 
 def test_worker_threads_equal_one_thread(model, monkeypatch):
     from minibert import threads
+
     texts = ["short", "a much longer sentence about many different things " * 4, "mid length", "", "x y z"] * 5
     many = model.encode(texts, batch_size=8)
     monkeypatch.setenv("MINIBERT_NUM_THREADS", "1")
@@ -286,6 +325,7 @@ def test_worker_threads_equal_one_thread(model, monkeypatch):
 
 def test_deal_snakes_and_keeps_everything():
     from minibert.model import _deal
+
     assert _deal(list(range(7)), 2) == [[0, 3, 4], [1, 2, 5, 6]]
     assert _deal(list(range(7)), 3) == [[0, 5, 6], [1, 4], [2, 3]]
     assert _deal([5, 6], 1) == [[5, 6]]
@@ -295,7 +335,9 @@ def test_deal_snakes_and_keeps_everything():
 
 def test_overlapping_encodes_restore_blas_threads(model):
     from concurrent.futures import ThreadPoolExecutor
+
     from minibert import threads
+
     set_fn, get_fn = threads.blas_controls()
     before = get_fn()
     texts = ["some text here", "another one", "a third", "and a fourth text"] * 10
@@ -322,6 +364,7 @@ def test_queries_take_the_streaming_kernel_and_agree(model, monkeypatch):
     # One short text alone runs its dense layers in kernels/matmul.py, not BLAS (split over the
     # cores unless another query holds them); the answer is the same either way, bit for bit.
     from minibert import engine, plan
+
     monkeypatch.setattr(plan, "_QUERY_TIMES", {})  # (earlier tests' query times, on a busy machine, must not decide)
     calls = []
     real = engine.matmul_rows_split
@@ -347,6 +390,7 @@ def test_queries_take_the_streaming_kernel_and_agree(model, monkeypatch):
 
 def test_concurrent_queries_agree(model):
     from concurrent.futures import ThreadPoolExecutor
+
     queries = ["what is the capital of france", "how tall is mount everest", "who wrote hamlet", "x"] * 6
     want = [model.encode(q) for q in queries]
     with ThreadPoolExecutor(4) as ex:
@@ -362,6 +406,7 @@ def test_encode_in_a_forked_child(model, first):
     import os
     import pickle
     import time
+
     texts = ["hello there", "a second text", "and a third one"]
     want_batch, want_query = model.encode(texts), model.encode("hello there")
     model.encode(texts) if first == "batch" else model.encode("hello there")
@@ -396,7 +441,9 @@ def test_queries_and_batches_from_many_threads(model):
     # Split queries (Numba's threads, BLAS held at one thread) and batches (worker threads) at once:
     # every result keeps its bits, and BLAS's thread count comes back when all have left.
     from concurrent.futures import ThreadPoolExecutor
+
     from minibert import threads
+
     _, get_fn = threads.blas_controls()
     before = get_fn()
     texts = ["what is the capital of france", "a much longer sentence about many different things " * 3, "x"]

@@ -4,13 +4,12 @@ import json
 
 import numpy as np
 import pytest
+from helpers import rel_err, tiny_spec, write_model
 
 import minibert
 from minibert import CheckpointError, UnsupportedModelError
-from minibert.weights import read_safetensors
-
-from helpers import rel_err, tiny_spec, write_model
 from minibert.parity.standins import standin_tensors
+from minibert.weights import read_safetensors
 
 TEXTS = ["the printing press", "", "Café 北京 🍕"]
 
@@ -65,8 +64,10 @@ def test_tensor_naming_variants(tmp_path, base, rename):
         t = {"bert." + k: v for k, v in t.items()}
         t["cls.predictions.bias"] = np.zeros(30522, np.float32)
     elif rename == "legacy_ln":  # TF-era names
-        t = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
-             for k, v in t.items()}
+        t = {
+            k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+            for k, v in t.items()
+        }
     else:  # buffers and heads an encoder does not use
         t["embeddings.position_ids"] = np.arange(512, dtype=np.int64)[None]
     d = write_model(tmp_path / "m", tensors=t)
@@ -85,7 +86,10 @@ def test_misshaped_tensor_is_named_with_shapes(tmp_path):
     t = standin_tensors(tiny_spec())
     t["encoder.layer.0.intermediate.dense.weight"] = np.zeros((63, 32), np.float32)
     d = write_model(tmp_path / "m", tensors=t)
-    with pytest.raises(CheckpointError, match=r"'encoder\.layer\.0\.intermediate\.dense\.weight' has shape \(63, 32\), expected \(64, 32\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"'encoder\.layer\.0\.intermediate\.dense\.weight' has shape \(63, 32\), expected \(64, 32\)",
+    ):
         minibert.load(d)
 
 
@@ -96,14 +100,17 @@ def test_integer_weights_rejected(tmp_path):
         minibert.load(write_model(tmp_path / "m", tensors=t))
 
 
-@pytest.mark.parametrize("damage,match", [
-    (lambda b: b[: len(b) // 2], "truncated or corrupt"),
-    (lambda b: b[:5], "truncated safetensors file"),
-    (lambda b: (10**9).to_bytes(8, "little") + b[8:], "header claims"),
-    (lambda b: b[:8] + b"\xff" + b[9:], "corrupt safetensors header"),
-    (lambda b: b[:8] + b"[" + b[9:], "corrupt safetensors header"),
-    (lambda b: b"", "truncated safetensors file"),
-])
+@pytest.mark.parametrize(
+    "damage,match",
+    [
+        (lambda b: b[: len(b) // 2], "truncated or corrupt"),
+        (lambda b: b[:5], "truncated safetensors file"),
+        (lambda b: (10**9).to_bytes(8, "little") + b[8:], "header claims"),
+        (lambda b: b[:8] + b"\xff" + b[9:], "corrupt safetensors header"),
+        (lambda b: b[:8] + b"[" + b[9:], "corrupt safetensors header"),
+        (lambda b: b"", "truncated safetensors file"),
+    ],
+)
 def test_corrupt_safetensors(tmp_path, damage, match):
     d = write_model(tmp_path / "m")
     f = d / "model.safetensors"
@@ -143,17 +150,21 @@ def test_missing_path_and_file_path(tmp_path):
         minibert.load(f)
 
 
-@pytest.mark.parametrize("change,error,match", [
-    ({"model_type": "roberta"}, UnsupportedModelError, "model_type 'roberta' is not supported"),
-    ({"model_type": None}, UnsupportedModelError, "model_type None"),
-    ({"hidden_act": "swish"}, UnsupportedModelError, "activation 'swish' is not supported"),
-    ({"position_embedding_type": "relative_key"}, UnsupportedModelError, "relative_key"),
-    ({"num_attention_heads": 5}, CheckpointError, "not divisible by 5"),
-    ({"hidden_size": None}, CheckpointError, "missing field 'hidden_size'"),
-])
+@pytest.mark.parametrize(
+    "change,error,match",
+    [
+        ({"model_type": "roberta"}, UnsupportedModelError, "model_type 'roberta' is not supported"),
+        ({"model_type": None}, UnsupportedModelError, "model_type None"),
+        ({"hidden_act": "swish"}, UnsupportedModelError, "activation 'swish' is not supported"),
+        ({"position_embedding_type": "relative_key"}, UnsupportedModelError, "relative_key"),
+        ({"num_attention_heads": 5}, CheckpointError, "not divisible by 5"),
+        ({"hidden_size": None}, CheckpointError, "missing field 'hidden_size'"),
+    ],
+)
 def test_bad_config(tmp_path, change, error, match):
     spec = tiny_spec()
     from minibert.parity.standins import model_config
+
     cfg = {**model_config(spec), **change}
     cfg = {k: v for k, v in cfg.items() if v is not None or k == "model_type"}
     with pytest.raises(error, match=match):
@@ -163,12 +174,14 @@ def test_bad_config(tmp_path, change, error, match):
 def test_sinusoidal_distilbert_rejected(tmp_path):
     spec = tiny_spec(arch="distilbert")
     from minibert.parity.standins import model_config
+
     with pytest.raises(UnsupportedModelError, match="sinusoidal"):
         minibert.load(write_model(tmp_path / "m", spec, config={**model_config(spec), "sinusoidal_pos_embds": True}))
 
 
 def test_activation_names(tmp_path):
     from minibert.parity.standins import model_config
+
     spec = tiny_spec()
     out = {}
     for act in ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu"):
@@ -203,15 +216,35 @@ def test_matrices_are_exact_transposed_copies(tmp_path, arch, dtype):
     spec = tiny_spec(arch=arch, dim=36, heads=4, ffn=70)
     t = standin_tensors(spec)
     w = minibert.load(write_model(tmp_path / "m", spec=spec, tensors=t), dtype=dtype).weights
-    names = {"bert": ("encoder.layer.{i}.", "attention.self.query", "attention.self.key", "attention.self.value",
-                      "attention.output.dense", "intermediate.dense", "output.dense"),
-             "distilbert": ("transformer.layer.{i}.", "attention.q_lin", "attention.k_lin", "attention.v_lin",
-                            "attention.out_lin", "ffn.lin1", "ffn.lin2")}[arch]
+    names = {
+        "bert": (
+            "encoder.layer.{i}.",
+            "attention.self.query",
+            "attention.self.key",
+            "attention.self.value",
+            "attention.output.dense",
+            "intermediate.dense",
+            "output.dense",
+        ),
+        "distilbert": (
+            "transformer.layer.{i}.",
+            "attention.q_lin",
+            "attention.k_lin",
+            "attention.v_lin",
+            "attention.out_lin",
+            "ffn.lin1",
+            "ffn.lin2",
+        ),
+    }[arch]
     for i, lw in enumerate(w.layers):
         p = names[0].format(i=i)
         want_qkv = np.concatenate([t[p + n + ".weight"].T for n in names[1:4]], axis=1)
-        for got, want in [(lw.qkv_w, want_qkv), (lw.attn_out_w, t[p + names[4] + ".weight"].T),
-                          (lw.ffn_in_w, t[p + names[5] + ".weight"].T), (lw.ffn_out_w, t[p + names[6] + ".weight"].T)]:
+        for got, want in [
+            (lw.qkv_w, want_qkv),
+            (lw.attn_out_w, t[p + names[4] + ".weight"].T),
+            (lw.ffn_in_w, t[p + names[5] + ".weight"].T),
+            (lw.ffn_out_w, t[p + names[6] + ".weight"].T),
+        ]:
             assert got.dtype == np.dtype(dtype) and got.flags.c_contiguous and got.flags.writeable
             assert got.ctypes.data % 64 == 0  # on a cache line: the query kernel's vector loads never straddle two
             np.testing.assert_array_equal(got, want.astype(dtype))

@@ -9,15 +9,20 @@ import time
 
 import numpy as np
 import pytest
+from helpers import write_model
 
 import minibert
 
-from helpers import write_model
-
 
 def run(*args, stdin=None, env=None):
-    return subprocess.run([sys.executable, "-m", "minibert", *map(str, args)], input=stdin, capture_output=True,
-                          text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "minibert", *map(str, args)],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -70,21 +75,27 @@ def test_embed_outputs_match_the_api(tiny, tmp_path):
     assert abs(np.linalg.norm(np.load(out4)[0]) - 1) < 1e-6
 
 
-@pytest.mark.parametrize("args,match", [
-    (["embed", "--model", "{tiny}", "--batch-size", "0", "x"], "--batch-size must be at least 1"),
-    (["embed", "--model", "{tiny}", "--output", "{tmp}/out.csv", "x"], "use a .npy or .jsonl"),
-    (["embed", "--model", "{tiny}", "--output", "{tmp}/no/such/dir/out.npy", "x"], "does not exist"),
-    (["embed", "--model", "{tiny}", "--input", "{tmp}/missing.txt"], "input file .*missing.txt does not exist"),
-    (["embed", "--model", "{tiny}", "--input", "{tmp}"], "is a directory"),
-    (["embed", "--model", "{tiny}", "--input", "{tmp}/bad.txt"], "not UTF-8"),
-    (["embed", "--model", "{tiny}", "--input", "{tmp}/bad.jsonl"], r"bad.jsonl:2: not valid JSON"),
-    (["embed", "--model", "{tiny}", "--input", "{tmp}/ok.jsonl", "--field", "nope"], r"ok.jsonl:1: no field 'nope'"),
-    (["embed", "--model", "{tmp}/nomodel", "x"], "no such directory|not found"),
-    (["embed", "--model", "{tiny}", "--dtype", "float16", "x"], "invalid choice"),
-    (["embed", "--bogus"], "unrecognized arguments"),
-    (["search", "--model", "{tiny}", "--corpus", "{tmp}/ok.jsonl", "-k", "0", "q"], "-k must be at least 1"),
-    (["search", "--model", "{tiny}", "q"], "--corpus"),
-])
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["embed", "--model", "{tiny}", "--batch-size", "0", "x"], "--batch-size must be at least 1"),
+        (["embed", "--model", "{tiny}", "--output", "{tmp}/out.csv", "x"], "use a .npy or .jsonl"),
+        (["embed", "--model", "{tiny}", "--output", "{tmp}/no/such/dir/out.npy", "x"], "does not exist"),
+        (["embed", "--model", "{tiny}", "--input", "{tmp}/missing.txt"], "input file .*missing.txt does not exist"),
+        (["embed", "--model", "{tiny}", "--input", "{tmp}"], "is a directory"),
+        (["embed", "--model", "{tiny}", "--input", "{tmp}/bad.txt"], "not UTF-8"),
+        (["embed", "--model", "{tiny}", "--input", "{tmp}/bad.jsonl"], r"bad.jsonl:2: not valid JSON"),
+        (
+            ["embed", "--model", "{tiny}", "--input", "{tmp}/ok.jsonl", "--field", "nope"],
+            r"ok.jsonl:1: no field 'nope'",
+        ),
+        (["embed", "--model", "{tmp}/nomodel", "x"], "no such directory|not found"),
+        (["embed", "--model", "{tiny}", "--dtype", "float16", "x"], "invalid choice"),
+        (["embed", "--bogus"], "unrecognized arguments"),
+        (["search", "--model", "{tiny}", "--corpus", "{tmp}/ok.jsonl", "-k", "0", "q"], "-k must be at least 1"),
+        (["search", "--model", "{tiny}", "q"], "--corpus"),
+    ],
+)
 def test_bad_arguments_one_line_no_traceback(tiny, tmp_path, args, match):
     (tmp_path / "bad.txt").write_bytes(b"ok\n\xff\xfe broken\n")
     (tmp_path / "bad.jsonl").write_text('{"text": "a"}\n{oops\n')
@@ -93,6 +104,7 @@ def test_bad_arguments_one_line_no_traceback(tiny, tmp_path, args, match):
     assert p.returncode in (1, 2), p.stdout
     assert "Traceback" not in p.stderr
     import re
+
     assert re.search(match, p.stderr), p.stderr
     errors = [line for line in p.stderr.splitlines() if "error" in line]
     assert len(errors) == 1
@@ -127,8 +139,21 @@ def test_search_and_its_cache(tiny, tmp_path):
 def test_info(tiny):
     p = run("info", tiny)
     assert p.returncode == 0, p.stderr
-    for field in ("architecture", "bert: 2 layers x 32 hidden", "pooling", "mean", "score function", "cosine",
-                  "max_seq_length", "64", "dtype on disk", "F32", "parameters", "files", str(tiny)):
+    for field in (
+        "architecture",
+        "bert: 2 layers x 32 hidden",
+        "pooling",
+        "mean",
+        "score function",
+        "cosine",
+        "max_seq_length",
+        "64",
+        "dtype on disk",
+        "F32",
+        "parameters",
+        "files",
+        str(tiny),
+    ):
         assert field in p.stdout
 
 
@@ -143,9 +168,24 @@ def test_interrupted_run_leaves_no_output(tmp_path, minilm_dir):
     src = tmp_path / "big.txt"
     src.write_text("\n".join(f"sentence number {i} about a fairly ordinary topic" for i in range(40000)))
     out = tmp_path / "out.npy"
-    proc = subprocess.Popen([sys.executable, "-m", "minibert", "embed", "-m", str(minilm_dir), "-i", str(src),
-                             "-o", str(out), "--progress"], stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "minibert",
+            "embed",
+            "-m",
+            str(minilm_dir),
+            "-i",
+            str(src),
+            "-o",
+            str(out),
+            "--progress",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     seen = ""
     deadline = time.time() + 120
     while "Batches" not in seen and time.time() < deadline:  # wait until it is really embedding

@@ -5,14 +5,13 @@ import dataclasses
 
 import numpy as np
 import pytest
+from helpers import rel_err, tiny_spec, write_model
 
 import minibert
 from minibert import bert, engine, threads
 from minibert.engine import NUMBA_KERNELS, NUMPY_KERNELS, BlasDense, StreamingDense, TiledBlasDense
 from minibert.kernels.matmul import blas_k_blocks, blas_row_tile
 from minibert.plan import Plan
-
-from helpers import rel_err, tiny_spec, write_model
 
 TEXTS = ["a short one", "", "a somewhat longer text about the printing press and books", "x y z"]
 
@@ -69,9 +68,12 @@ def every_plan(model, n_texts):  # -> {name: Plan}: each dense strategy valid on
             blocks = {s: blas_k_blocks(*s, model.dtype, n > 1) for s in shapes}
             assert None not in blocks.values()
             dense[f"streaming x{n}"] = StreamingDense(n, blocks)
-    return {f"{k.name} kernels, {name}": Plan(False, k, d, 1, False, False)
-            for k in (NUMBA_KERNELS, NUMPY_KERNELS) for name, d in dense.items()
-            if not (k is NUMPY_KERNELS and name.startswith("streaming"))}
+    return {
+        f"{k.name} kernels, {name}": Plan(False, k, d, 1, False, False)
+        for k in (NUMBA_KERNELS, NUMPY_KERNELS)
+        for name, d in dense.items()
+        if not (k is NUMPY_KERNELS and name.startswith("streaming"))
+    }
 
 
 @pytest.mark.parametrize("arch", ["bert", "distilbert"])
@@ -109,7 +111,7 @@ def test_every_plan_gives_a_text_its_batch_bits(tmp_path, dtype):
             if p.kernels is NUMPY_KERNELS:
                 continue  # (the other family of kernels: the same bits but for rare elements)
             alone = engine.forward(x, np.array([0, len(x)]), model.weights, model.config, p)[-1]
-            np.testing.assert_array_equal(alone, in_batch[offsets[b]:offsets[b + 1]], err_msg=f"text {b}, {name}")
+            np.testing.assert_array_equal(alone, in_batch[offsets[b] : offsets[b + 1]], err_msg=f"text {b}, {name}")
 
 
 def test_one_row_blas_matmul_has_gemm_bits():
@@ -122,5 +124,8 @@ def test_one_row_blas_matmul_has_gemm_bits():
         dense = BlasDense() if tile == 1 else TiledBlasDense(tile)
         for k, n in [(768, 768), (768, 3072), (3072, 768), (384, 1536)]:
             x, w = rng.standard_normal((8, k), dtype=np.float32), rng.standard_normal((k, n), dtype=np.float32)
-            np.testing.assert_array_equal(dense(x[:1], w, np.array([0, 1])), dense(x, w, np.array([0, 1, 8]))[:1],
-                                          err_msg=f"[1, {k}] @ [{k}, {n}]")
+            np.testing.assert_array_equal(
+                dense(x[:1], w, np.array([0, 1])),
+                dense(x, w, np.array([0, 1, 8]))[:1],
+                err_msg=f"[1, {k}] @ [{k}, {n}]",
+            )

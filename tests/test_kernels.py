@@ -11,14 +11,28 @@ import sys
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from minibert import bert, threads
 from minibert.kernels import (
-    POOLING_MODES, attention_packed, bias_act, pack, pool, residual_layer_norm, residual_layer_norm_numpy, unpack,
+    POOLING_MODES,
+    attention_packed,
+    bias_act,
+    pool,
+    residual_layer_norm,
+    residual_layer_norm_numpy,
+    unpack,
 )
 from minibert.kernels.activations import ACTIVATIONS
-from minibert.kernels.matmul import blas_k_blocks, blas_row_tile, k_blocks_rule, matmul_rows, matmul_rows_split, matmul_tiles_into
+from minibert.kernels.matmul import (
+    blas_k_blocks,
+    blas_row_tile,
+    k_blocks_rule,
+    matmul_rows,
+    matmul_rows_split,
+    matmul_tiles_into,
+)
 
 TOL = {np.float32: 2e-6, np.float64: 1e-12}
 dtypes = st.sampled_from([np.float32, np.float64])
@@ -40,8 +54,13 @@ def close(fast, ref, dtype, scale=None):
 
 
 @settings(max_examples=30, deadline=None)
-@given(n=st.integers(1, 50), f=st.integers(1, 300), act=st.sampled_from(sorted(ACTIVATIONS)), dtype=dtypes,
-       seed=st.integers(0, 2**31))
+@given(
+    n=st.integers(1, 50),
+    f=st.integers(1, 300),
+    act=st.sampled_from(sorted(ACTIVATIONS)),
+    dtype=dtypes,
+    seed=st.integers(0, 2**31),
+)
 def test_bias_act_matches_the_model(n, f, act, dtype, seed):
     rng = np.random.default_rng(seed)
     h = (rng.standard_normal((n, f)) * 3).astype(dtype)
@@ -60,12 +79,19 @@ def test_gelu_forms_differ_where_it_matters():
     zero = np.zeros(1)
     diff = np.abs(bias_act_oracle(x, zero, "gelu_erf") - bias_act_oracle(x, zero, "gelu_tanh")).max()
     assert 1e-4 < diff < 1e-2
-    assert bias_act_oracle(np.array([0.0, 1.0, -1.0]), zero, "gelu_erf") == pytest.approx([0.0, 0.8413447460685429, -0.15865525393145707])
+    assert bias_act_oracle(np.array([0.0, 1.0, -1.0]), zero, "gelu_erf") == pytest.approx(
+        [0.0, 0.8413447460685429, -0.15865525393145707]
+    )
 
 
 @settings(max_examples=30, deadline=None)
-@given(n=st.integers(1, 40), d=st.integers(2, 200), dtype=dtypes, eps=st.sampled_from([1e-12, 1e-5]),
-       seed=st.integers(0, 2**31))
+@given(
+    n=st.integers(1, 40),
+    d=st.integers(2, 200),
+    dtype=dtypes,
+    eps=st.sampled_from([1e-12, 1e-5]),
+    seed=st.integers(0, 2**31),
+)
 def test_residual_layer_norm_matches_the_model(n, d, dtype, eps, seed):
     rng = np.random.default_rng(seed)
     x, r = (rng.standard_normal((2, n, d)) * 2).astype(dtype)
@@ -89,8 +115,13 @@ def test_layer_norm_eps_is_used():
 
 
 @settings(max_examples=30, deadline=None)
-@given(lengths=lengths_st, heads=st.sampled_from([1, 2, 4]), dh=st.sampled_from([1, 4, 8, 16]), dtype=dtypes,
-       seed=st.integers(0, 2**31))
+@given(
+    lengths=lengths_st,
+    heads=st.sampled_from([1, 2, 4]),
+    dh=st.sampled_from([1, 4, 8, 16]),
+    dtype=dtypes,
+    seed=st.integers(0, 2**31),
+)
 def test_attention_packed_matches_the_model(lengths, heads, dh, dtype, seed):
     rng = np.random.default_rng(seed)
     D = heads * dh
@@ -100,11 +131,17 @@ def test_attention_packed_matches_the_model(lengths, heads, dh, dtype, seed):
     close(out, attention_oracle(qkv, offsets, heads), dtype)
 
 
-def attention_oracle(qkv, offsets, heads):  # [N, 3D], [B + 1], int -> [N, D]: bert.attention text by text, head by head, in float64
+def attention_oracle(
+    qkv, offsets, heads
+):  # [N, 3D], [B + 1], int -> [N, D]: bert.attention text by text, head by head, in float64
     out = []
     for b in range(len(offsets) - 1):
-        q, k, v = np.split(qkv[offsets[b]:offsets[b + 1]].astype(np.float64), 3, axis=-1)
-        out.append(np.concatenate([bert.attention(*h) for h in zip(*(np.split(a, heads, axis=-1) for a in (q, k, v)))], axis=-1))
+        q, k, v = np.split(qkv[offsets[b] : offsets[b + 1]].astype(np.float64), 3, axis=-1)
+        out.append(
+            np.concatenate(
+                [bert.attention(*h) for h in zip(*(np.split(a, heads, axis=-1) for a in (q, k, v)))], axis=-1
+            )
+        )
     return np.concatenate(out)
 
 
@@ -113,6 +150,7 @@ def test_attention_heads_in_rounds(dtype, monkeypatch):
     # Long texts take their heads a few at a time (scores kept near L2's size); the rounds must
     # change nothing: the model agrees, and so does the same call done in one round.
     from minibert.kernels import attention
+
     rng = np.random.default_rng(7)
     lengths, heads, dh = [300, 300, 9], 6, 8
     qkv = (rng.standard_normal((sum(lengths), 3 * heads * dh)) * 2).astype(dtype)
@@ -155,36 +193,49 @@ def test_attention_never_mixes_texts():
 
 
 @settings(max_examples=40, deadline=None)
-@given(lengths=lengths_st, d=st.integers(1, 64), mode=st.sampled_from(POOLING_MODES), dtype=dtypes,
-       seed=st.integers(0, 2**31))
+@given(
+    lengths=lengths_st,
+    d=st.integers(1, 64),
+    mode=st.sampled_from(POOLING_MODES),
+    dtype=dtypes,
+    seed=st.integers(0, 2**31),
+)
 def test_pool_matches_the_model(lengths, d, mode, dtype, seed):
     rng = np.random.default_rng(seed)
     packed = (rng.standard_normal((sum(lengths), d)) * 3).astype(dtype)
     offsets = np.cumsum([0] + lengths).astype(np.int64)
     out = pool(packed, offsets, mode)
     assert out.shape == (len(lengths), d) and out.dtype == dtype
-    want = [bert.pool(packed[offsets[b]:offsets[b + 1]].astype(np.float64), mode) for b in range(len(lengths))]
+    want = [bert.pool(packed[offsets[b] : offsets[b + 1]].astype(np.float64), mode) for b in range(len(lengths))]
     close(out, np.stack(want), dtype)
 
 
 def test_pool_padded_excludes_padding():
     # sentence-transformers' padded form (the NumPy mirror's): a huge pad value would show any leak.
     from minibert.kernels import pool_padded
+
     rng = np.random.default_rng(5)
     lengths = [3, 1, 7]
     packed = rng.standard_normal((sum(lengths), 4))
     offsets = np.cumsum([0] + lengths).astype(np.int64)
     padded, mask = unpack(packed, offsets, fill=1e6)
     for mode in POOLING_MODES:
-        np.testing.assert_allclose(pool_padded(padded, mask, mode), pool(packed, offsets, mode), rtol=1e-13, err_msg=mode)
+        np.testing.assert_allclose(
+            pool_padded(padded, mask, mode), pool(packed, offsets, mode), rtol=1e-13, err_msg=mode
+        )
 
 
 def test_pool_modes_by_hand():
     tokens = np.array([[1.0, 2.0], [3.0, -4.0], [5.0, 0.0]])
     offsets = np.array([0, 3])
-    expect = {"cls": [1, 2], "lasttoken": [5, 0], "mean": [3, -2 / 3], "max": [5, 2],
-              "mean_sqrt_len_tokens": [9 / np.sqrt(3), -2 / np.sqrt(3)],
-              "weightedmean": [(1 + 6 + 15) / 6, (2 - 8) / 6]}
+    expect = {
+        "cls": [1, 2],
+        "lasttoken": [5, 0],
+        "mean": [3, -2 / 3],
+        "max": [5, 2],
+        "mean_sqrt_len_tokens": [9 / np.sqrt(3), -2 / np.sqrt(3)],
+        "weightedmean": [(1 + 6 + 15) / 6, (2 - 8) / 6],
+    }
     for mode, want in expect.items():
         np.testing.assert_allclose(pool(tokens, offsets, mode)[0], want, rtol=1e-15, err_msg=mode)
     with pytest.raises(ValueError, match="unknown pooling mode 'median'"):
@@ -192,9 +243,12 @@ def test_pool_modes_by_hand():
 
 
 @settings(max_examples=30, deadline=None)
-@given(rows=st.integers(1, 20), t=st.integers(1, 80), dtype=dtypes, scale=st.floats(0.05, 2.0), seed=st.integers(0, 2**31))
+@given(
+    rows=st.integers(1, 20), t=st.integers(1, 80), dtype=dtypes, scale=st.floats(0.05, 2.0), seed=st.integers(0, 2**31)
+)
 def test_softmax_rows_matches_the_model(rows, t, dtype, scale, seed):
     from minibert.kernels import softmax_rows
+
     rng = np.random.default_rng(seed)
     s = (rng.standard_normal((rows, t)) * 20).astype(dtype)  # wide scores: exp underflow must not hurt
     ref = bert.softmax(s.astype(np.float64) * scale)
@@ -205,6 +259,7 @@ def test_softmax_rows_matches_the_model(rows, t, dtype, scale, seed):
 
 def test_exp_shifted_against_libm():
     from minibert.kernels.attention import exp_shifted
+
     x = -np.linspace(0, 100, 200001)
     got = np.empty_like(x)
     total = exp_shifted(x, 0.0, 1.0, got)
@@ -221,10 +276,14 @@ def test_exp_shifted_against_libm():
 
 
 @settings(max_examples=60, deadline=None)
-@given(t=st.integers(0, 70), seed=st.integers(0, 2**31), specials=st.lists(
-    st.sampled_from([np.inf, -np.inf, 0.0, -0.0, 1e-45, -1e-45, 3.4e38, -3.4e38]), max_size=3))
+@given(
+    t=st.integers(0, 70),
+    seed=st.integers(0, 2**31),
+    specials=st.lists(st.sampled_from([np.inf, -np.inf, 0.0, -0.0, 1e-45, -1e-45, 3.4e38, -3.4e38]), max_size=3),
+)
 def test_max_float32_is_exact(t, seed, specials):
     from minibert.kernels.attention import max_float32
+
     rng = np.random.default_rng(seed)
     row = (rng.standard_normal(t) * 10.0 ** rng.integers(-30, 30, t)).astype(np.float32)
     for s, j in zip(specials, rng.integers(0, max(t, 1), len(specials))):
@@ -242,6 +301,7 @@ def test_fast_softmax_is_correctly_rounded_almost_always():
     # vectorised exp (1e-11) leaves a handful of near-ties a unit off (measured: 2e-5 of values);
     # an exp a few orders worse would move thousands.
     from minibert.kernels import softmax_rows
+
     rng = np.random.default_rng(0)
     off, total = 0, 0
     for t in (5, 13, 64, 256, 512):
@@ -256,6 +316,7 @@ def test_fast_softmax_is_correctly_rounded_almost_always():
 
 def test_softmax_rows_specials():
     from minibert.kernels import softmax_rows
+
     for exact, dtype in ((False, np.float32), (True, np.float32), (True, np.float64)):
         x = np.array([[1, np.nan, 2], [np.inf, 1, 2], [-np.inf, 0, 1], [-1e4, 0, 1]], dtype)
         out = softmax_rows(x, 1.0, exact)
@@ -277,6 +338,7 @@ def test_gelu_vector_lanes_give_the_scalar_bits(scale):
 
     start()
     import numba
+
     from minibert.kernels.activations import gelu_erf_fast
 
     @numba.njit(error_model="numpy", fastmath={"contract"})
@@ -287,8 +349,27 @@ def test_gelu_vector_lanes_give_the_scalar_bits(scale):
         return h
 
     rng = np.random.default_rng(int(scale * 10))
-    edges = np.array([0, -0.0, 2 * np.sqrt(2), -2 * np.sqrt(2), 4.5 * np.sqrt(2), -4.5 * np.sqrt(2), 9, -9,
-                      np.nan, np.inf, -np.inf, 3.4e38, -3.4e38, 1e-30, 2.8284271, -2.8284273], np.float32)
+    edges = np.array(
+        [
+            0,
+            -0.0,
+            2 * np.sqrt(2),
+            -2 * np.sqrt(2),
+            4.5 * np.sqrt(2),
+            -4.5 * np.sqrt(2),
+            9,
+            -9,
+            np.nan,
+            np.inf,
+            -np.inf,
+            3.4e38,
+            -3.4e38,
+            1e-30,
+            2.8284271,
+            -2.8284273,
+        ],
+        np.float32,
+    )
     for f in range(1, 41):
         h = (rng.standard_normal((60, f)) * scale).astype(np.float32)
         h.ravel()[rng.integers(0, h.size, 12)] = rng.choice(edges, 12)
@@ -311,7 +392,9 @@ def test_bias_act_refuses_strided_rows_and_mixed_dtypes():
 def test_erf_constants_are_the_documented_fit():
     # The erf coefficients in activations.py are what fit_erf() computes; and erf_fast is exact to 2e-10.
     import math
+
     from minibert.kernels.activations import ERF_LARGE, ERF_SMALL, erf_fast, fit_erf
+
     small, large = fit_erf()
     np.testing.assert_allclose(small, ERF_SMALL, rtol=0, atol=1e-12)
     np.testing.assert_allclose(large, ERF_LARGE, rtol=0, atol=1e-12)
@@ -325,9 +408,13 @@ def test_erf_constants_are_the_documented_fit():
 # NumPy calls gemv; a dense layer of a real batch is neither), for the K of real models and ragged
 # ones, ragged N and M, both dtypes, one thread and several.
 @settings(max_examples=40, deadline=None)
-@given(m=st.integers(1, 20), k=st.sampled_from([64, 300, 384, 512, 768, 900, 1536, 3072]),
-       n=st.one_of(st.integers(1, 48).map(lambda t: 64 * t), st.integers(16, 1100)), dtype=dtypes,
-       seed=st.integers(0, 2**31))
+@given(
+    m=st.integers(1, 20),
+    k=st.sampled_from([64, 300, 384, 512, 768, 900, 1536, 3072]),
+    n=st.one_of(st.integers(1, 48).map(lambda t: 64 * t), st.integers(16, 1100)),
+    dtype=dtypes,
+    seed=st.integers(0, 2**31),
+)
 def test_matmul_rows_gives_blas_bits(m, k, n, dtype, seed):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((m, k)).astype(dtype)
@@ -338,6 +425,7 @@ def test_matmul_rows_gives_blas_bits(m, k, n, dtype, seed):
     blocks = blas_k_blocks(k, n, dtype)
     if blocks is None:  # no rule reproduces this BLAS here: then the planner gives queries BLAS's own matmul
         from minibert.engine import BlasDense
+
         rows = x if m > 1 else np.concatenate([x, np.zeros_like(x)])  # one row goes to gemm as two, not to gemv
         np.testing.assert_array_equal(BlasDense()(x, w, np.array([0, m])), (rows @ w)[:m])
         return
@@ -353,11 +441,21 @@ def test_blas_order_is_found_for_the_model_shapes():
     # no single order matches it, so there queries must take BLAS laid out on tiles, and a row must
     # get its batch bits that way instead.
     from minibert.engine import TiledBlasDense
+
     rng = np.random.default_rng(4)
     for dtype in (np.float32, np.float64):
         with threads.single_threaded_blas():
             tile = blas_row_tile(dtype)
-            for k, n in ((384, 1152), (384, 384), (384, 1536), (1536, 384), (768, 2304), (768, 768), (768, 3072), (3072, 768)):
+            for k, n in (
+                (384, 1152),
+                (384, 384),
+                (384, 1536),
+                (1536, 384),
+                (768, 2304),
+                (768, 768),
+                (768, 3072),
+                (3072, 768),
+            ):
                 if tile == 1:
                     blocks = blas_k_blocks(k, n, dtype)
                     assert blocks is not None, f"K={k} {np.dtype(dtype).name}: BLAS's summation order not found"
@@ -379,7 +477,8 @@ def test_blas_row_tile_is_found():
         for dtype in (np.float32, np.float64):
             assert blas_row_tile(dtype) is not None, (
                 f"NumPy's BLAS sums a row of a {np.dtype(dtype).name} matmul differently depending on the rows that "
-                "share its call, in no tile pattern tried: a text's embedding may then move with its batch by ~1e-6")
+                "share its call, in no tile pattern tried: a text's embedding may then move with its batch by ~1e-6"
+            )
 
 
 def _openblas_avx2_available():  # NumPy's own OpenBLAS, on a CPU that can run its AVX2 kernel
@@ -396,10 +495,13 @@ def test_blas_row_tile_of_openblas_avx2_kernel():
     # OpenBLAS's Haswell kernels (chosen on CPUs with AVX2 but not AVX-512) sum a row by its place in
     # a tile of 12 rows (sgemm) or 2 (dgemm). OPENBLAS_CORETYPE forces them here; the batch tests
     # run under them too in .ci/run.
-    code = ("import numpy as np; from minibert import threads; from minibert.kernels.matmul import blas_row_tile as f\n"
-            "with threads.single_threaded_blas(): print(f(np.float32), f(np.float64))")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       env={**os.environ, "OPENBLAS_CORETYPE": "Haswell"})
+    code = (
+        "import numpy as np; from minibert import threads; from minibert.kernels.matmul import blas_row_tile as f\n"
+        "with threads.single_threaded_blas(): print(f(np.float32), f(np.float64))"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "OPENBLAS_CORETYPE": "Haswell"}
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.split() == ["12", "2"]
 
@@ -421,8 +523,13 @@ def test_matmul_rows_checks_shapes():
         with pytest.raises(ValueError, match="blocks"):
             matmul_rows(x, w, np.array(blocks, dtype=np.int64))
     x4, out = np.ones((4, 4), np.float32), np.zeros((4, 3), np.float32)
-    for args in ((x4[:3], w, out[:3], 0, 4, 0, 3), (x4, w, out[:, :2], 0, 4, 0, 3), (x4, w, out, 0, 5, 0, 3),
-                 (x4, w, out, 0, 4, 1, 4), (x4, w, out, 3, 2, 0, 3)):
+    for args in (
+        (x4[:3], w, out[:3], 0, 4, 0, 3),
+        (x4, w, out[:, :2], 0, 4, 0, 3),
+        (x4, w, out, 0, 5, 0, 3),
+        (x4, w, out, 0, 4, 1, 4),
+        (x4, w, out, 3, 2, 0, 3),
+    ):
         with pytest.raises(ValueError, match="matmul_tiles_into"):
             matmul_tiles_into(*args)
 
@@ -436,6 +543,7 @@ def test_vector_intrinsics(dtype):
 
     start()  # the intrinsics are Numba's from here on (imported before, they would be placeholders)
     import numba
+
     from minibert.kernels.simd import LANES, fma, vfma, vload, vsplat, vstore, vzero
 
     @numba.njit
@@ -450,8 +558,8 @@ def test_vector_intrinsics(dtype):
     out = np.full((2, 40), 7, dtype=dtype)
     fma_rows(a, b, dtype(1.5), out, 3)
     want = np.full((2, 40), 7, dtype=dtype)
-    want[1, 3:3 + lanes] = 1.5 * a[0, 3:3 + lanes] + b[2, 3:3 + lanes]
-    want[0, 3:3 + lanes] = 0
+    want[1, 3 : 3 + lanes] = 1.5 * a[0, 3 : 3 + lanes] + b[2, 3 : 3 + lanes]
+    want[0, 3 : 3 + lanes] = 0
     np.testing.assert_array_equal(out, want)  # and nothing outside the L lanes was touched
     # fma rounds once where a multiply then an add round twice: (1 + eps)(1 - eps) - 1 = -eps^2 exactly
     eps = dtype(2.0) ** -(np.finfo(dtype).nmant // 2 + 2)  # eps^2 below half the spacing under 1
@@ -481,8 +589,12 @@ def test_matmul_rows_ragged_columns_sum_as_the_tiles_do(dtype, n):
     for w in (np.ascontiguousarray(padded[:, :n]), padded[:, :n]):  # own rows, and rows of a wider array
         for got in (matmul_rows(x, w, blocks), *(matmul_rows_split(x, w, blocks, t) for t in (1, 2, 3))):
             np.testing.assert_array_equal(got, want)
-    np.testing.assert_allclose(want, x.astype(np.float64) @ padded[:, :n].astype(np.float64),
-                               rtol=1e-4 if dtype == np.float32 else 1e-12, atol=1e-3 if dtype == np.float32 else 1e-10)
+    np.testing.assert_allclose(
+        want,
+        x.astype(np.float64) @ padded[:, :n].astype(np.float64),
+        rtol=1e-4 if dtype == np.float32 else 1e-12,
+        atol=1e-3 if dtype == np.float32 else 1e-10,
+    )
 
 
 def test_matmul_rows_refuses_strided_weight_rows():
@@ -510,19 +622,25 @@ def assert_mirror(mirror, kernel, same_bits):
         assert (np.abs(mirror[~same].astype(np.float64) - kernel[~same]) <= 4 * np.spacing(np.abs(kernel).max())).all()
         return
     off = np.abs(mirror[~same].astype(np.float64) - kernel[~same]) / np.spacing(np.abs(kernel[~same]))
-    assert off.size <= 1e-5 * mirror.size and (off <= 1).all(), f"{off.size} of {mirror.size} values differ, by up to {off.max()} ulp"
+    assert off.size <= 1e-5 * mirror.size and (off <= 1).all(), (
+        f"{off.size} of {mirror.size} values differ, by up to {off.max()} ulp"
+    )
 
 
 @pytest.mark.parametrize("act", sorted(ACTIVATIONS))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_bias_act_numpy_gives_the_kernels_bits(act, dtype):
     from minibert.kernels import bias_act_numpy
+
     rng = np.random.default_rng(1)
     h = (rng.standard_normal((200, 1536)) * rng.choice([0.3, 2, 6], size=(200, 1))).astype(dtype)
     h[0, :6] = [0.0, -0.0, 4.5 * 2**0.5, -2 * 2**0.5, 40.0, -40.0]  # the erf fit's seams and tails
     b = rng.standard_normal(1536).astype(dtype)
-    assert_mirror(bias_act_numpy(h.copy(), b, ACTIVATIONS[act]), bias_act(h.copy(), b, ACTIVATIONS[act]),
-                  same_bits=dtype == np.float32 and act != "gelu_tanh")
+    assert_mirror(
+        bias_act_numpy(h.copy(), b, ACTIVATIONS[act]),
+        bias_act(h.copy(), b, ACTIVATIONS[act]),
+        same_bits=dtype == np.float32 and act != "gelu_tanh",
+    )
     with pytest.raises(ValueError, match="unknown activation code 7"):
         bias_act_numpy(h.copy(), b, 7)
 
@@ -530,16 +648,21 @@ def test_bias_act_numpy_gives_the_kernels_bits(act, dtype):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_softmax_rows_numpy_gives_the_kernels_bits(dtype):
     from minibert.kernels import softmax_rows, softmax_rows_numpy
+
     rng = np.random.default_rng(2)
     for t in (1, 7, 64, 300):
         s = (rng.standard_normal((400, t)) * rng.choice([1, 5, 30], size=(400, 1))).astype(dtype)
         exact = dtype == np.float64
-        assert_mirror(softmax_rows_numpy(s.copy(), 0.125, exact), softmax_rows(s.copy(), 0.125, exact),
-                      same_bits=dtype == np.float32)
+        assert_mirror(
+            softmax_rows_numpy(s.copy(), 0.125, exact),
+            softmax_rows(s.copy(), 0.125, exact),
+            same_bits=dtype == np.float32,
+        )
 
 
 def test_softmax_rows_numpy_specials():
     from minibert.kernels import softmax_rows_numpy
+
     for exact, dtype in ((False, np.float32), (True, np.float32), (True, np.float64)):
         x = np.array([[1, np.nan, 2], [np.inf, 1, 2], [-np.inf, 0, 1], [-1e4, 0, 1]], dtype)
         out = softmax_rows_numpy(x, 1.0, exact)
@@ -550,8 +673,10 @@ def test_softmax_rows_numpy_specials():
 
 def test_exp_and_erf_mirrors_against_libm_and_kernels():
     import math
+
     from minibert.kernels.activations import erf_fast, erf_fast_numpy
     from minibert.kernels.attention import exp_shifted, exp_shifted_numpy
+
     x = -np.linspace(0, 100, 200001)
     got = exp_shifted_numpy(x)
     assert (np.abs(got - np.exp(x)) <= 1e-11 * np.exp(x) + 2e-35).all() and (got[x < -80] == 0).all()
@@ -570,9 +695,13 @@ def test_layer_norm_and_pool_mirrors_give_the_kernels_bits(dtype):
     rng = np.random.default_rng(3)
     x, r = (rng.standard_normal((2, 500, 768)) * 2).astype(dtype)
     bias, gamma, beta = rng.standard_normal((3, 768)).astype(dtype)
-    assert_mirror(residual_layer_norm_numpy(x, bias, r, gamma, beta, 1e-12, np.empty_like(x)),
-                  residual_layer_norm(x, bias, r, gamma, beta, 1e-12, np.empty_like(x)), same_bits=dtype == np.float32)
+    assert_mirror(
+        residual_layer_norm_numpy(x, bias, r, gamma, beta, 1e-12, np.empty_like(x)),
+        residual_layer_norm(x, bias, r, gamma, beta, 1e-12, np.empty_like(x)),
+        same_bits=dtype == np.float32,
+    )
     from minibert.kernels import pool_numpy
+
     lengths = [1, 2, 30, 128, 7, 300]
     packed = (rng.standard_normal((sum(lengths), 384)) * 3).astype(dtype)
     offsets = np.cumsum([0] + lengths).astype(np.int64)

@@ -96,8 +96,12 @@ def test_cli_json_and_exit_code(bge, tmp_path):
     texts = tmp_path / "texts.json"
     texts.write_text(json.dumps(TEXTS[:6]))
     out = tmp_path / "report.json"
-    p = subprocess.run([sys.executable, "-m", "minibert.parity", str(d), "--texts", str(texts), "--json", str(out)],
-                       cwd=tmp_path, capture_output=True, text=True)
+    p = subprocess.run(
+        [sys.executable, "-m", "minibert.parity", str(d), "--texts", str(texts), "--json", str(out)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     assert "verdict     PASS" in p.stdout and "block 3" in p.stdout
     r = json.loads(out.read_text())
@@ -105,20 +109,37 @@ def test_cli_json_and_exit_code(bge, tmp_path):
         assert key in r
     assert r["pass"] is True and r["tokens"]["mismatches"] == 0
     assert set(r["layers"][0]) >= {"layer", "max_abs", "max_rel"}
-    assert set(r["embedding"]) >= {"max_abs", "min_cosine"} and set(r["oracle"]) >= {"minibert_max_abs", "torch_max_abs"}
+    assert set(r["embedding"]) >= {"max_abs", "min_cosine"} and set(r["oracle"]) >= {
+        "minibert_max_abs",
+        "torch_max_abs",
+    }
     # txt input, float64
     txt = tmp_path / "texts.txt"
     txt.write_text("first text\n\nthird, after an empty one\n")
-    p = subprocess.run([sys.executable, "-m", "minibert.parity", str(d), "--texts", str(txt), "--dtype", "float64"],
-                       cwd=tmp_path, capture_output=True, text=True)
+    p = subprocess.run(
+        [sys.executable, "-m", "minibert.parity", str(d), "--texts", str(txt), "--dtype", "float64"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     assert "3 texts" in p.stdout
 
 
 def test_cli_bad_arguments(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "minibert.parity", str(tmp_path / "missing")], cwd=tmp_path, capture_output=True, text=True)
+    p = subprocess.run(
+        [sys.executable, "-m", "minibert.parity", str(tmp_path / "missing")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode != 0 and "parity:" in p.stderr and "Traceback" not in p.stderr
     bad = tmp_path / "t.json"
     bad.write_text('{"not": "a list"}')
-    p = subprocess.run([sys.executable, "-m", "minibert.parity", str(tmp_path), "--texts", str(bad)], cwd=tmp_path, capture_output=True, text=True)
+    p = subprocess.run(
+        [sys.executable, "-m", "minibert.parity", str(tmp_path), "--texts", str(bad)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode != 0 and "list of strings" in p.stderr

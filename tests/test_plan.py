@@ -13,6 +13,7 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import rel_err, write_model
 
 import minibert
 from minibert import plan, threads
@@ -20,7 +21,6 @@ from minibert.engine import BlasDense, StreamingDense, TiledBlasDense
 from minibert.kernels import jit
 from minibert.kernels.matmul import blas_row_tile
 from minibert.parity.hf import default_texts
-from helpers import rel_err, tiny_spec, write_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEXTS = default_texts()
@@ -37,7 +37,8 @@ def run_fresh(code, *args, numba=None, **env_vars):  # run code in a fresh inter
 
 
 def test_a_short_first_call_does_not_start_numba_and_a_batch_does(minilm_dir):
-    out = run_fresh("""
+    out = run_fresh(
+        """
 import sys, json, numpy as np, minibert
 from minibert.kernels import jit
 m = minibert.load(sys.argv[1])
@@ -49,7 +50,9 @@ m.encode(["a text of a good many words " * 4] * 3)  # 3 x ~30 tokens: a batch wo
 assert "numba" in sys.modules and jit.started()
 again = m.encode(["hi", "what is the capital of france"])
 print(json.dumps(float(np.abs(first - again).max() / np.abs(again).max())))
-""", minilm_dir)
+""",
+        minilm_dir,
+    )
     assert json.loads(out) <= 1e-6
 
 
@@ -61,7 +64,7 @@ m.encode(["a text of a good many words " * 20] * 8)
 print("numba" in sys.modules)
 """
     assert run_fresh(code, minilm_dir, numba="0").strip() == "False"
-    assert run_fresh(code.replace('* 20] * 8', '* 0] * 1'), minilm_dir, numba="1").strip() == "True"
+    assert run_fresh(code.replace("* 20] * 8", "* 0] * 1"), minilm_dir, numba="1").strip() == "True"
 
 
 def test_numpy_path_gives_the_numba_paths_embeddings(minilm_dir):
@@ -77,7 +80,9 @@ def test_numpy_path_gives_the_numba_paths_embeddings(minilm_dir):
     np.testing.assert_array_equal(by_numba, batch_numba)  # the Numba path's own batch invariance
     for a, b in ((by_numpy, by_numba), (batch_numpy, batch_numba)):
         assert max(rel_err(x, y) for x, y in zip(a, b)) <= 1e-6
-        assert (a == b).all(axis=1).mean() >= 0.9, "the NumPy mirrors should give the kernels' bits for nearly every text"
+        assert (a == b).all(axis=1).mean() >= 0.9, (
+            "the NumPy mirrors should give the kernels' bits for nearly every text"
+        )
     for a, b in zip(states_numpy, states_numba):
         assert rel_err(a, b) <= 1e-6
 
@@ -183,9 +188,11 @@ def test_query_threads_follow_how_busy_the_cores_are():
 
 def test_declared_kernels_start_numba_when_called():
     from minibert.kernels import layer_norm, residual_layer_norm  # the name as imported before any start
+
     x = np.ones((2, 4), np.float32)
-    out = residual_layer_norm(x, np.zeros(4, np.float32), x, np.ones(4, np.float32), np.zeros(4, np.float32), 1e-12,
-                              np.empty_like(x))
+    out = residual_layer_norm(
+        x, np.zeros(4, np.float32), x, np.ones(4, np.float32), np.zeros(4, np.float32), 1e-12, np.empty_like(x)
+    )
     assert jit.started() and (out == 0).all()
     assert isinstance(residual_layer_norm, jit.Declared) and "(started)" in repr(residual_layer_norm)
     # the kernel module's own name now holds the Numba function, so kernels calling it compile against it

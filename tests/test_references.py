@@ -11,10 +11,9 @@ bge-micro targets) on texts with empty, whitespace-only, accented, CJK, emoji, c
 
 import numpy as np
 import pytest
+from helpers import rel_err
 
 import minibert
-
-from helpers import rel_err
 
 MODELS = ["minilm", "distilbert-mean", "distilbert-cls", "bge-micro"]
 
@@ -36,7 +35,7 @@ def test_token_ids_equal_sentence_transformers(case):
     ids = model.tokenize(meta["texts"])
     offsets = data[f"{name}/offsets"]
     for i, got in enumerate(ids):
-        want = data[f"{name}/ids"][offsets[i]:offsets[i + 1]]
+        want = data[f"{name}/ids"][offsets[i] : offsets[i + 1]]
         np.testing.assert_array_equal(got, want, err_msg=f"text {i}: {meta['texts'][i][:40]!r}")
 
 

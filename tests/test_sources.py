@@ -5,12 +5,11 @@ import os
 import shutil
 
 import pytest
+from helpers import write_model
 
 import minibert
 from minibert import CheckpointError
 from minibert.sources import HUB_FILES, resolve
-
-from helpers import write_model
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -54,7 +53,9 @@ def test_local_files_only_without_env(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     src = write_model(tmp_path / "src")
     make_hf_cache(tmp_path / "cache", "acme/tiny-bert", src)
-    assert minibert.load("acme/tiny-bert", cache_dir=tmp_path / "cache", local_files_only=True).encode("x").shape == (32,)
+    assert minibert.load("acme/tiny-bert", cache_dir=tmp_path / "cache", local_files_only=True).encode("x").shape == (
+        32,
+    )
     with pytest.raises(CheckpointError, match="acme/other"):
         minibert.load("acme/other", cache_dir=tmp_path / "cache", local_files_only=True)
 
