@@ -187,12 +187,12 @@ GELU_LANES = LANES["float64"]  # values per call of gelu_erf_fast_lanes: one 512
 
 
 # erf_fast computes both fits for every value and keeps one, so that LLVM can vectorise it; but
-# on MiniLM's feed-forward inputs only 3.3% of values have |z| > 2, in 21.5% of 8-value vectors.
-# This is gelu_erf_fast(h + bias) for 8 adjacent values at once, written in LLVM IR because Numba
-# cannot branch on a whole vector: it computes the wide fit only when one of the 8 needs it (MiniLM:
-# 1.68 -> 1.24 ns per value, +2% tokens/s; NOTES section 18). It does erf_fast's arithmetic (the
-# same Horner FMAs, in the same order) and makes its choices, so the bits are those of the scalar
-# loop; the tests hold the two to equality.
+# few feed-forward inputs have |z| > 2 (a few percent, in about a fifth of 8-value vectors), so most
+# of the wide fit's work is thrown away. This is gelu_erf_fast(h + bias) for 8 adjacent values at
+# once, written in LLVM IR because Numba cannot branch on a whole vector: it computes the wide fit
+# only when one of the 8 needs it. It does erf_fast's arithmetic (the same Horner FMAs, in the same
+# order) and makes its choices, so the bits are those of the scalar loop; the tests hold the two
+# to equality.
 @intrinsic
 def gelu_erf_fast_lanes(typingctx, h, i, j, bias):  # [N, F], int, int, [F] -> None: h[i, j:j+8] <- gelu(h + bias)
     from numba import types
@@ -278,7 +278,7 @@ def bias_act(h, bias, activation):  # [N, F] (in place), [F], int code -> [N, F]
 
 # error_model="numpy": no Python-style ZeroDivisionError checks, which would stop vectorisation.
 # contract: each Horner step a * u + c becomes one fused multiply-add (one rounding, not two;
-# half the instructions and a shorter dependency chain): 2.4 -> 1.7 ns per element (fp32, [1000, 3072]).
+# half the instructions and a shorter dependency chain).
 @njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 def _bias_act(h, bias, activation, exact):  # [N, F], [F], int, bool -> [N, F]
     n, f = h.shape

@@ -100,7 +100,7 @@ float64_from_bits = _bitcast("int64", "float64")
 @njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "contract"}, inline="always")
 def exp_shifted(row, best, scale, out):  # [T], float, float, [T] float64 (written) -> sum(out)
     """out[j] <- exp((row[j] - best) * scale) for arguments <= 0, relative error < 1e-11; returns
-    their sum, the softmax's denominator, taken in the same pass (one pass less over the row: 11-13%).
+    their sum, the softmax's denominator, taken in the same pass (one pass less over the row).
 
     libm's exp is a scalar call and softmax needs T^2 of them per head, so this is written to
     vectorise: exp(y) = 2^n * exp(r) with n = round(y / ln 2) and |r| <= ln 2 / 2, where a
@@ -147,7 +147,7 @@ def max_float32(row):  # [T] float32 -> max(row) (NaN if T = 0)
 
 
 # Compiled without fastmath on purpose, and not inlined: under the softmax's "reassoc", LLVM turns
-# e * (1 / total) back into e / total, a division per value (the softmax was 4-16% slower for it).
+# e * (1 / total) back into e / total, a division per value, several times the cost of a multiply.
 @njit(cache=True, nogil=True, error_model="numpy")
 def write_scaled(row, e, factor):  # [T] out, [T] float64, float -> row <- e * factor, rounded once
     for j in range(len(row)):
@@ -156,7 +156,7 @@ def write_scaled(row, e, factor):  # [T] out, [T] float64, float -> row <- e * f
 
 def softmax_rows(scores, scale, exact):  # [R, T] (in place), float, bool -> [R, T]
     """Each row r <- softmax(scale * r), computed in float64 and rounded once. ``exact``: with
-    libm's exp (float64 runs, where minibert is held to 1e-12); else the vectorised one (float32)."""
+    libm's exp (for float64, where minibert is held to 1e-12); else the vectorised one (float32)."""
     if exact:
         return softmax_rows_libm(scores, scale)
     if scores.dtype != np.float32:
@@ -191,11 +191,11 @@ def softmax_rows_libm(scores, scale):  # [R, T] (in place), float -> [R, T]
             e[j] = math.exp((np.float64(row[j]) - best) * scale)
             total += e[j]
         for j in range(t):
-            row[j] = e[j] / total  # a division, correctly rounded: float64 runs are held to 1e-12, speed second
+            row[j] = e[j] / total  # a division, correctly rounded: float64 is held to 1e-12, speed second
     return scores
 
 
-SCORES_BYTES = 1 << 20  # scores handled at once: about one core's L2 (1 MiB on Zen 4, 1-2 MiB on Xeons)
+SCORES_BYTES = 1 << 20  # scores handled at once: about one core's L2 (1 MiB on AMD Zen 4, 1-2 MiB on Xeons)
 
 
 def attention_packed(qkv, offsets, n_heads, out, softmax=softmax_rows):  # [N, 3D], [B + 1], int, [N, D], fn -> [N, D]
@@ -230,7 +230,7 @@ def attention_packed(qkv, offsets, n_heads, out, softmax=softmax_rows):  # [N, 3
         v = x[:, :, 2].transpose(0, 2, 1, 3)  # [G, H, T, Dh]
         o = out[rows].reshape(e - b, t, n_heads, dh).transpose(0, 2, 1, 3)  # [G, H, T, Dh], a view
         # Heads a few at a time, so that their scores (G x T x T floats each) stay in L2 between
-        # the three steps; only long texts need more than one round (512 tokens: 10% faster).
+        # the three steps instead of going out to memory and back; only long texts need more than one round.
         step = max(1, min(n_heads, SCORES_BYTES // ((e - b) * t * t * qkv.itemsize)))
         for h in range(0, n_heads, step):
             heads = slice(h, h + step)

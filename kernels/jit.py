@@ -1,10 +1,9 @@
 """Numba, started only when a kernel first runs.
 
-Importing Numba and loading its cached kernels costs ~0.3 s on these machines (~0.5 s when SciPy
-is installed, which Numba imports to probe its BLAS): half of the life of a process that embeds
-one query. Every op also has a plain-NumPy version (the ``_ref`` twins and the ``_numpy`` mirrors
-next to each kernel), so minibert can run a short call without Numba at all
-(``minibert/startup.py`` decides when).
+Importing Numba and loading its cached kernels takes longer than everything else a process that
+embeds one query does (more again when SciPy is installed: Numba imports it to probe its BLAS).
+Every kernel also has a NumPy mirror (``foo_numpy``, next to it), so minibert can run a short call
+without Numba at all (``minibert/plan.py`` decides when).
 
 So the kernel modules declare their kernels with ``njit`` and ``intrinsic`` from here, with
 Numba's own options. A declaration is a placeholder. The first time any placeholder is called,

@@ -35,7 +35,7 @@ def residual_layer_norm_numpy(x, bias, residual, gamma, beta, eps, out):  # as r
 
 # reassoc lets LLVM vectorise the two float64 sums (their order then differs from a plain loop by
 # ~1e-16 relative, far below the fp32 rounding of the result); contract fuses the multiply-adds.
-# No nnan/ninf: a NaN must still come out as NaN. Measured: 2.1 -> 1.0 ns per element ([4000, 768]).
+# No nnan/ninf: a NaN must still come out as NaN.
 @njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "contract"})
 def residual_layer_norm(x, bias, residual, gamma, beta, eps, out):  # [N, D], [D], [N, D], [D], [D], f, [N, D] -> [N, D]
     """out <- LN(x + bias + residual). ``out`` may be ``x`` or ``residual`` (row i is read before written)."""
@@ -57,7 +57,7 @@ def residual_layer_norm(x, bias, residual, gamma, beta, eps, out):  # [N, D], [D
 
 
 # Not inlined, and without "reassoc": under it LLVM turns (v - mean) * (1 / std) back into
-# (v - mean) / std, a division per element (NOTES section 19). contract still fuses * gamma + beta.
+# (v - mean) / std, a division per element. contract still fuses * gamma + beta.
 @njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 def write_normalised(v, mean, inv_std, gamma, beta, out):  # [D] float64, f, f, [D], [D], [D] -> out
     for j in range(len(v)):

@@ -5,8 +5,8 @@
 A dense layer is a matmul, and for a batch (hundreds of rows) BLAS is the right tool: it packs W
 into cache-sized panels and reuses each panel across many rows of x. With M ~ 10 rows (one
 ~10-token query) that packing is most of the work: OpenBLAS copies every weight matrix on every
-call and then uses each copied element only M times. Measured on 2 cores at M = 10: ~70 GFLOP/s
-instead of ~200, and a 10-token query spends 85-90% of its time in these matmuls.
+call and then uses each copied element only M times, so a short query spends most of its time in
+these copies.
 
 ``matmul_rows`` streams W instead, once, in its stored order, in sub-blocks of SUB_K rows (W's
 rows are contiguous, so a sub-block is one contiguous stretch of memory). Within a sub-block it
@@ -15,8 +15,8 @@ keeps the 4 x 4 vectors of ``out`` in registers (kernels/simd.py) while it goes 
 k: per k, 4 loads of W and 4 broadcasts of x feed 16 fused multiply-adds. The tile of W (4 KiB)
 stays in L1 for the other row groups. While it computes one sub-block it asks for the next
 one, in address order, into L2 (``prefetch_l2``): W comes from memory for a large model (DistilBERT's
-170 MB of layers against a 32 MB L3), and without the hint the core waited for it instead of
-computing meanwhile (NOTES section 15).
+layers are several times a typical L3), and without the hint the core waits for it instead of
+computing meanwhile.
 
 Same bits as BLAS. A text's embedding must not depend on whether it was encoded alone (this
 kernel) or in a batch (BLAS); two fp32 summation orders of the same sums differ by ~1e-6 relative
@@ -42,13 +42,12 @@ from .jit import njit, prange
 from .simd import VECTOR_BYTES, fma, prefetch_l2, vfma, vload, vsplat, vstore, vzero
 
 # Column 0 as a typed integer, not a literal 0: Numba types a literal argument as Literal[int](0) and
-# compiles the kernel once more for it; with the parallel function that cost ~2 s of a first run
-# with an empty Numba cache (NOTES section 13).
+# compiles the kernel once more for it, seconds of a first run with an empty Numba cache.
 FIRST_COLUMN = np.int64(0)
 
 TILE_ROWS = 4  # rows of x per register tile (x is padded with zero rows to a multiple of 4)
 TILE_VECTORS = 4  # vectors of out per tile row: 4 x 16 float32 = 64 columns, 4 cache lines of each W row
-SUB_K = 16  # rows of W per sub-block: 16 was fastest from memory (8-64 tried: NOTES section 15)
+SUB_K = 16  # rows of W per sub-block: the fastest of 8-64 with W coming from memory (benchmarks/NOTES.md)
 
 # ---------------------------------------------------------------- Numba kernels
 

@@ -15,8 +15,7 @@ it out. So these intrinsics give Numba code a value that *is* one register:
     prefetch_l2(a, i, j)         a hint: start loading the cache line of a[i, j] into L2
 
 A vector is 64 bytes: 16 float32 or 8 float64, one AVX-512 register (where a CPU has only 256-bit
-registers LLVM splits each into two: the same results, with fewer registers to hold them; the
-query matmul built so for AVX2 measured no slower than the loop it replaced, NOTES section 15).
+registers LLVM splits each into two: the same results, with fewer registers to hold them).
 ``vload``/``vstore`` assume a row's elements are adjacent (unit stride), which the caller checks.
 """
 

@@ -109,7 +109,8 @@ def pool(h, mode):  # [T, D], str -> [D]
 
 def normalize(v):  # [D] -> [D] of length 1
     # 1e-12 as torch.nn.functional.normalize: an all-zero vector stays zero instead of becoming NaN.
-    return v / max(float(np.linalg.norm(v)), 1e-12)
+    # The norm in float64: the squares of large float32 values would overflow to inf.
+    return (v / max(float(np.linalg.norm(v.astype(np.float64))), 1e-12)).astype(v.dtype)
 
 
 def sentence_embedding(ids, w, cfg, pooling_modes, normalized):  # [T], ..., tuple[str], bool -> [len(modes) * D]

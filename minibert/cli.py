@@ -224,10 +224,10 @@ def cmd_info(args):
     model = load_model(args)
     c, p = model.config, model.pipeline
     stored = read_safetensors(p.transformer_dir / "model.safetensors")
-    floats = [t for t in stored.values() if t.dtype in FLOAT_DTYPES]  # not buffers such as position_ids
+    floats = [t for t in stored.tensors.values() if t.dtype in FLOAT_DTYPES]  # not buffers such as position_ids
     dtypes = sorted({t.dtype for t in floats})
     weights_mib = (p.transformer_dir / "model.safetensors").stat().st_size / 2**20
-    n_params = sum(int(np.prod(t.data.shape)) for t in floats)
+    n_params = sum(t.size for t in floats)
     rows = [
         ("model", args.model),
         ("source", model.source),

@@ -91,10 +91,11 @@ class SentenceEncoder:
         # model_max_length, capped by the position table (a longer input has no position vector).
         limit = p.max_seq_length or _tokenizer_max_length(tdir) or self.config.max_positions
         self.tokenizer = WordPieceTokenizer(tdir, min(int(limit), self.config.max_positions), p.do_lower_case)
-        if self.tokenizer.vocab_size > self.config.vocab_size:
+        if self.tokenizer.largest_id >= self.config.vocab_size:
             raise CheckpointError(
-                f"{tdir}: the tokenizer has {self.tokenizer.vocab_size} tokens but the embedding table only "
-                f"{self.config.vocab_size} rows (config.json vocab_size): tokenizer and weights do not belong together"
+                f"{self.tokenizer.path}: the tokenizer has token id {self.tokenizer.largest_id} but the embedding "
+                f"table only {self.config.vocab_size} rows (config.json vocab_size): tokenizer and weights do not "
+                "belong together"
             )
         self.pooling_modes, self.normalize = p.pooling_modes, p.normalize
         self.similarity_fn_name = p.similarity_fn_name
@@ -112,11 +113,32 @@ class SentenceEncoder:
     def max_seq_length(self) -> int:  # tokens per text, [CLS] and [SEP] included; longer texts are cut
         return self.tokenizer.max_seq_length
 
+    @max_seq_length.setter
+    def max_seq_length(self, value: int) -> None:  # as in sentence-transformers: later calls truncate there
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"max_seq_length must be an integer, got {value!r}")
+        if not 1 <= value <= self.config.max_positions:
+            raise ValueError(
+                f"max_seq_length must be between 1 and {self.config.max_positions} (the model's positions), got {value}"
+            )
+        self.tokenizer.set_max_length(int(value))
+
     # ------------------------------------------------------------------ tokens
 
     def tokenize(self, sentences: str | Sequence[str]) -> list[np.ndarray]:  # -> list of [n_i] int64 id arrays
         texts, _ = _check_texts(sentences)
-        return self.tokenizer.encode(texts)
+        return self._tokenize(texts)
+
+    def _tokenize(self, texts):  # list[str] -> list of [n_i] int64, every id a row of the embedding table
+        ids = self.tokenizer.encode(texts)
+        for i, a in enumerate(ids):  # (a post-processor's special token ids are not in the vocabulary)
+            if a.max() >= self.config.vocab_size or a.min() < 0:
+                bad = int(a[(a >= self.config.vocab_size) | (a < 0)][0])
+                raise CheckpointError(
+                    f"{self.tokenizer.path}: the tokenizer gives sentences[{i}] the token id {bad}, but the embedding "
+                    f"table has {self.config.vocab_size} rows: tokenizer and weights do not belong together"
+                )
+        return ids
 
     def _check_ids(self, ids, where):  # [n] ints -> [n] int64, or a clear error
         a = np.asarray(ids)
@@ -157,7 +179,7 @@ class SentenceEncoder:
         if output_value not in OUTPUT_VALUES:
             raise ValueError(f"output_value must be one of {', '.join(OUTPUT_VALUES)}, got {output_value!r}")
         results = self._run(
-            self.tokenizer.encode(texts), output_value, batch_size, normalize_embeddings, bool(show_progress_bar)
+            self._tokenize(texts), output_value, batch_size, normalize_embeddings, bool(show_progress_bar)
         )
         return results[0] if single else results
 
@@ -200,7 +222,9 @@ class SentenceEncoder:
         h = states[-1]
         self._check_finite(h, offsets, idx)
         if output == "sentence_embedding":
-            return self.pool(h, offsets, p, normalize)
+            pooled = self.pool(h, offsets, p, normalize)
+            self._check_finite(pooled, np.arange(len(batch) + 1), idx)
+            return pooled
         if output == "token_embeddings":
             return [h[offsets[b] : offsets[b + 1]].copy() for b in range(len(batch))]
         stacked = np.stack(states)  # [L + 1, N, D]
@@ -216,7 +240,9 @@ class SentenceEncoder:
         if output == "token_embeddings":
             return [s[-1] for s in states]
         vectors = [np.concatenate([bert.pool(s[-1], mode) for mode in self.pooling_modes]) for s in states]
-        return np.stack([bert.normalize(v) for v in vectors] if self.normalize or normalize else vectors)
+        pooled = np.stack([bert.normalize(v) for v in vectors] if self.normalize or normalize else vectors)
+        self._check_finite(pooled, np.arange(len(batch) + 1), idx)
+        return pooled
 
     def _check_finite(
         self, h, offsets, idx

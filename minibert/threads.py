@@ -1,15 +1,13 @@
 """Using both cores without BLAS and Numba fighting over them.
 
 A forward pass alternates BLAS matmuls with Numba kernels (GELU, layer norm, softmax). With a
-multi-threaded BLAS, OpenBLAS's worker threads keep spinning on the other core between calls, so
-a Numba kernel gets one core at best, and a parallel Numba kernel fights the spinners (measured:
-4x slower layer norms, 3x slower end to end). Instead, for a batch of several texts minibert
-splits the texts between worker threads, each running the whole forward pass on its share with a
-single-threaded BLAS; Numba kernels release the GIL (``nogil=True``), NumPy's matmuls too.
-Measured on 2 cores: +47% tokens/s on all-MiniLM-L6-v2, +20% on DistilBERT-base. One long text
-runs on the calling thread with BLAS's own threads. One short text (a query) has its dense layers
-done by a Numba kernel whose work is split over the cores (kernels/matmul.py); BLAS is held at one
-thread meanwhile, so that its idle workers do not spin against Numba's.
+multi-threaded BLAS, OpenBLAS's worker threads keep spinning on the other cores between calls, so
+a Numba kernel gets one core at best, and a parallel Numba kernel fights the spinners. Instead, a
+batch of several texts is split between worker threads, each running the whole forward pass on
+its share with a single-threaded BLAS; Numba kernels release the GIL (``nogil=True``), NumPy's
+matmuls too. One short text (a query) has its dense layers split over Numba's threads
+(kernels/matmul.py) while BLAS is held at one thread. Which of these a call gets is minibert/plan.py's
+to decide; this module holds the mechanisms: BLAS's thread count, the worker pool, the query split.
 
 Only NumPy's bundled OpenBLAS is recognised (found among the loaded libraries); with any other
 BLAS, minibert runs every batch on the calling thread and lets that BLAS thread as it likes.

@@ -33,8 +33,13 @@ def _pair(a, b):
 
 def normalize_embeddings(x):  # [n, D] -> [n, D] unit rows
     x = _as_2d(x, "embeddings")
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    if not np.isfinite(norms).all() and np.isfinite(x).all():  # the squares overflowed, the vector did not
+        wide = x.astype(np.float64)
+        scale = np.maximum(np.abs(wide).max(axis=1, keepdims=True), 1e-300)  # so that no square overflows
+        return (wide / scale / np.maximum(np.linalg.norm(wide / scale, axis=1, keepdims=True), 1e-300)).astype(x.dtype)
     # 1e-12 as torch.nn.functional.normalize: an all-zero row stays zero instead of becoming NaN
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return x / np.maximum(norms, 1e-12)
 
 
 def cos_sim(a, b):  # [n_a, D], [n_b, D] -> [n_a, n_b]

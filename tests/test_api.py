@@ -138,7 +138,7 @@ def pooled_model(tmp_path, **kw):
         ({"pooling_mode_mean_tokens": True, "pooling_mode_cls_token": True}, ("cls", "mean")),
         ({"pooling_mode": "max"}, ("max",)),
         ({"pooling_mode": ["mean", "cls"]}, ("mean", "cls")),
-        ({"pooling_mode_mean_tokens": False}, ("mean",)),  # nothing chosen: sentence-transformers means
+        ({}, ("mean",)),  # no mode given at all: sentence-transformers' default
     ],
 )
 def test_pooling_configs(tmp_path, cfg, modes):

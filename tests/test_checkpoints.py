@@ -48,7 +48,7 @@ def test_dtypes_on_disk(tmp_path, base, stored, tol):
         np_dtype = {"F16": np.float16, "F64": np.float64}[stored]
         d = write_model(tmp_path / "m", tensors=t, stored=lambda v: v.astype(np_dtype))
         rounded = {k: v.astype(np_dtype).astype(np.float64) for k, v in t.items()}
-    assert {x.dtype for x in read_safetensors(d / "model.safetensors").values()} == {stored}
+    assert {x.dtype for x in read_safetensors(d / "model.safetensors").tensors.values()} == {stored}
     m = minibert.load(d, dtype="float64")
     # weights are upcast exactly: the model equals one built from the rounded values in float64
     exact = write_model(tmp_path / "exact", tensors={k: np.asarray(v, np.float64) for k, v in rounded.items()})
