@@ -13,7 +13,9 @@ each other as if decorated directly. Nothing else changes: the same options, the
 cache (Numba keys it by the function's file and name), the same machine code.
 """
 
+import contextlib
 import os
+import signal
 import threading
 
 _declared = []  # every placeholder, in declaration order
@@ -63,34 +65,58 @@ def started():  # has this process started Numba?
     return _started
 
 
+@contextlib.contextmanager
+def _interrupts_held():
+    """Ctrl-C while Numba is being imported would leave it half-imported for the rest of the
+    process (Python keeps partly initialised modules, and every later import finds them broken).
+    So on the main thread, where Python raises KeyboardInterrupt, a SIGINT that arrives meanwhile
+    waits until the import and the rebinding below are done, then interrupts as usual."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if pending and callable(previous):
+            previous(signal.SIGINT, pending[0])
+        elif pending and previous == signal.SIG_DFL:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
 def start():
     """Import Numba and put a Numba function in place of every declared kernel (idempotent)."""
+    if _started:
+        return
+    with _lock, _interrupts_held():
+        _start()
+
+
+def _start():
     global _started
     if _started:
         return
-    with _lock:
-        if _started:
-            return
-        try:
-            import numba
-            import numba.extending  # noqa: F401
-        except ImportError as e:  # numba is a dependency, but wheels can lag a new Python
-            raise ImportError(
-                f"minibert's kernels need Numba, which could not be imported ({e}). Install it "
-                "(pip install numba), or set MINIBERT_NUMBA=0 to run every call on NumPy "
-                "(the same results; 3-4x slower on batches)"
-            ) from e
-
-        for kernel in _declared:
-            kernel.compiled = kernel._make(numba)  # a dispatcher: it compiles (or loads) at first call
-        for kernel in _declared:  # then every module global naming a placeholder names the real thing
-            module_globals = kernel.py_func.__globals__
-            for name, value in list(module_globals.items()):
-                if isinstance(value, Declared):
-                    module_globals[name] = value.compiled
-                elif value is prange:
-                    module_globals[name] = numba.prange
-        _started = True
+    try:
+        import numba
+        import numba.extending  # noqa: F401
+    except ImportError as e:  # numba is a dependency, but wheels can lag a new Python
+        raise ImportError(
+            f"minibert's kernels need Numba, which could not be imported ({e}). Install it "
+            "(pip install numba), or set MINIBERT_NUMBA=0 to run every call on NumPy "
+            "(the same results, slower on batches)"
+        ) from e
+    for kernel in _declared:
+        kernel.compiled = kernel._make(numba)  # a dispatcher: it compiles (or loads) at first call
+    for kernel in _declared:  # then every module global naming a placeholder names the real thing
+        module_globals = kernel.py_func.__globals__
+        for name, value in list(module_globals.items()):
+            if isinstance(value, Declared):
+                module_globals[name] = value.compiled
+            elif value is prange:
+                module_globals[name] = numba.prange
+    _started = True
 
 
 def _after_fork_in_child():  # a lock held by another thread at fork time would never be released

@@ -40,6 +40,14 @@ def residual_layer_norm_numpy(x, bias, residual, gamma, beta, eps, out):  # as r
 def residual_layer_norm(x, bias, residual, gamma, beta, eps, out):  # [N, D], [D], [N, D], [D], [D], f, [N, D] -> [N, D]
     """out <- LN(x + bias + residual). ``out`` may be ``x`` or ``residual`` (row i is read before written)."""
     n, d = x.shape
+    if (
+        residual.shape != x.shape
+        or out.shape != x.shape
+        or bias.shape[0] != d
+        or gamma.shape[0] != d
+        or beta.shape[0] != d
+    ):
+        raise ValueError("residual_layer_norm: x, residual and out must be [N, D], bias, gamma and beta [D]")
     v = np.empty(d, dtype=np.float64)  # the row in float64: one rounding at the end, not three
     for i in range(n):
         for j in range(d):

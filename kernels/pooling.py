@@ -48,6 +48,9 @@ def pool_padded(tokens, mask, mode):  # [B, T, D], [B, T], str -> [B, D]: senten
 
 def pool_numpy(tokens, offsets, mode):  # [N, D], [B + 1], str -> [B, D]: ``pool`` without Numba
     # The padded form sums in float64 in the kernel's order (token by token) and rounds once.
+    lengths = np.diff(offsets)
+    if mode in ("cls", "max", "lasttoken") and (lengths == 0).any():
+        raise ValueError("pool: a text with no tokens has no first, last or largest token")
     padded, mask = unpack(tokens, offsets)
     return pool_padded(padded, mask, mode)
 
@@ -58,6 +61,17 @@ def pool_numpy(tokens, offsets, mode):  # [N, D], [B + 1], str -> [B, D]: ``pool
 @njit(cache=True, nogil=True, error_model="numpy")
 def _pool_packed(tokens, offsets, code, out):  # [N, D], [B + 1], int, [B, D] -> [B, D]
     d = tokens.shape[1]
+    # Numba does not check bounds: offsets that step outside tokens would read another text's rows
+    # or the heap. Checked here, in the kernel itself, so that no caller can get past it.
+    if offsets.shape[0] < 1 or offsets[0] != 0 or offsets[-1] > tokens.shape[0]:
+        raise ValueError("pool: offsets must start at 0 and end within the tokens")
+    if out.shape[0] != offsets.shape[0] - 1 or out.shape[1] != d:
+        raise ValueError("pool: out must be [B, D]")
+    for b in range(offsets.shape[0] - 1):
+        if offsets[b + 1] < offsets[b]:
+            raise ValueError("pool: offsets must not decrease")
+        if offsets[b + 1] == offsets[b] and (code == 0 or code == 1 or code == 5):
+            raise ValueError("pool: a text with no tokens has no first, last or largest token")
     for b in range(offsets.shape[0] - 1):
         start, end = offsets[b], offsets[b + 1]
         n = end - start
@@ -93,5 +107,8 @@ def _pool_packed(tokens, offsets, code, out):  # [N, D], [B + 1], int, [B, D] ->
 def pool(tokens, offsets, mode):  # [N, D], [B + 1], str -> [B, D]
     if mode not in _CODES:
         raise ValueError(f"unknown pooling mode {mode!r}; known: {', '.join(POOLING_MODES)}")
+    if tokens.ndim != 2 or np.asarray(offsets).ndim != 1 or len(offsets) < 1:
+        raise ValueError(f"pool: tokens must be [N, D] and offsets [B + 1], got {tokens.shape} and {np.shape(offsets)}")
+    offsets = np.ascontiguousarray(offsets, dtype=np.int64)
     out = np.empty((len(offsets) - 1, tokens.shape[1]), dtype=tokens.dtype)
     return _pool_packed(tokens, offsets, _CODES[mode], out)

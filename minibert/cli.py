@@ -13,12 +13,15 @@ import gc
 import hashlib
 import json
 import os
+import signal
+import stat
 import sys
+import tempfile
 from pathlib import Path
 
 from .sources import DEFAULT_MODEL
 
-EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 130, 143
 SHARED_DEFAULTS = {"debug": False, "quiet": False, "dtype": "float32"}
 
 
@@ -26,22 +29,44 @@ class CliError(Exception):
     """A problem with what the user asked for: shown as one line, no traceback."""
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so that cleanup (``finally``) runs."""
+
+
 # ------------------------------------------------------------------ inputs and outputs
 
 
-def read_texts(path, field=None):  # .txt: a text per line; .jsonl: a JSON object (or string) per line
+def split_lines(raw):  # str -> lines, split at "\n" only (and a "\r" before it), as files are written
+    """``str.splitlines`` also splits at \x0c, \x85, U+2028 and more: a text holding one of them
+    would become two rows, and a valid JSON line holding U+2028 two invalid ones."""
+    lines = raw.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the newline that ends the last line
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+def read_input(path):  # file name or "-" -> its text (UTF-8), or a CliError naming the problem
     p = Path(path)
     try:
-        raw = sys.stdin.read() if str(path) == "-" else p.read_text(encoding="utf-8")
+        raw = sys.stdin.buffer.read() if str(path) == "-" else p.read_bytes()
     except FileNotFoundError:
         raise CliError(f"input file {p} does not exist") from None
     except IsADirectoryError:
         raise CliError(f"input {p} is a directory, expected a .txt or .jsonl file") from None
     except PermissionError:
         raise CliError(f"input file {p} is not readable (permission denied)") from None
+    except OSError as e:
+        raise CliError(f"input file {p} cannot be read ({e.strerror or e})") from None
+    try:
+        return raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise CliError(f"input file {p} is not UTF-8 text ({e.reason} at byte {e.start})") from None
-    lines = raw.splitlines()
+        name = "standard input" if str(path) == "-" else f"input file {p}"
+        raise CliError(f"{name} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def read_texts(path, field=None):  # .txt: a text per line; .jsonl: a JSON object (or string) per line
+    p = Path(path)
+    lines = split_lines(read_input(path))
     if p.suffix != ".jsonl":
         if field:
             raise CliError("--field only applies to .jsonl input")
@@ -52,8 +77,8 @@ def read_texts(path, field=None):  # .txt: a text per line; .jsonl: a JSON objec
             continue
         try:
             obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise CliError(f"{p}:{n}: not valid JSON ({e.msg})") from None
+        except (json.JSONDecodeError, RecursionError, ValueError) as e:
+            raise CliError(f"{p}:{n}: not valid JSON ({getattr(e, 'msg', 'nested too deeply')})") from None
         if isinstance(obj, str) and not field:
             texts.append(obj)
             continue
@@ -66,15 +91,30 @@ def read_texts(path, field=None):  # .txt: a text per line; .jsonl: a JSON objec
     return texts
 
 
-def write_atomically(path, write):  # write(tmp_path) then rename: an interrupted run leaves no partial file
+def write_atomically(path, write):  # write(file object) into a temporary file, then rename it over path
+    """An interrupted run (Ctrl-C, SIGTERM, an error) leaves no partial file. The temporary file has
+    an unpredictable name and is created exclusively (``mkstemp``: O_EXCL, never through a planted
+    symlink); a replaced file keeps its permissions, a new one gets the umask's."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.resolve().parent)
     try:
-        write(tmp)
+        try:
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+        except FileNotFoundError:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.chmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            fd = None
+            write(f)
         os.replace(tmp, path)
+        tmp = None
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        if fd is not None:
+            os.close(fd)
+        if tmp is not None:
+            os.unlink(tmp)
 
 
 def check_output_path(path):  # before any work: a wrong name should not cost a model load
@@ -83,6 +123,8 @@ def check_output_path(path):  # before any work: a wrong name should not cost a 
         raise CliError(f"--output {path}: use a .npy or .jsonl file name")
     if not path.resolve().parent.is_dir():
         raise CliError(f"--output {path}: directory {path.resolve().parent} does not exist")
+    if path.is_dir():
+        raise CliError(f"--output {path} is a directory")
 
 
 def save_embeddings(path, texts, emb):
@@ -91,15 +133,14 @@ def save_embeddings(path, texts, emb):
     path = Path(path)
     if path.suffix == ".npy":
 
-        def write(tmp):
-            with open(tmp, "wb") as f:
-                np.save(f, emb)
+        def write(f):
+            np.save(f, emb)
     elif path.suffix == ".jsonl":
 
-        def write(tmp):
-            with open(tmp, "w", encoding="utf-8") as f:
-                for t, e in zip(texts, emb):
-                    f.write(json.dumps({"text": t, "embedding": [float(x) for x in e]}, ensure_ascii=False) + "\n")
+        def write(f):
+            for t, e in zip(texts, emb):
+                row = {"text": t, "embedding": [float(x) for x in e]}
+                f.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
     else:  # check_output_path() has already refused anything else
         raise CliError(f"--output {path}: use a .npy or .jsonl file name")
     write_atomically(path, write)
@@ -117,8 +158,8 @@ def load_model(args):
     model = minibert.load(args.model, dtype=args.dtype)
     # This process is ours and short-lived: keep the objects the imports created out of every later
     # garbage collection, the one at exit included, which otherwise walks and frees them all. Numba
-    # makes ~100k more when a batch starts it (~0.15 s at exit): frozen again after encoding. A
-    # library must not do this to its caller; a CLI may.
+    # makes many more when a batch starts it: frozen again after encoding. A library must not do
+    # this to its caller; a CLI may.
     gc.freeze()
     if not args.quiet:
         print(f"minibert: {model.config.arch} model from {model.source}", file=sys.stderr)
@@ -133,6 +174,8 @@ def cmd_embed(args):
 
     if args.text and args.input:
         raise CliError("give texts as arguments or --input, not both")
+    if args.field and not args.input:
+        raise CliError("--field needs --input FILE.jsonl")
     if args.text:
         texts = args.text
     elif args.input:
@@ -140,9 +183,7 @@ def cmd_embed(args):
     else:
         if sys.stdin.isatty():
             print("minibert: reading texts from standard input, one per line (Ctrl-D to end)", file=sys.stderr)
-        texts = sys.stdin.read().splitlines()
-    if args.field and not args.input:
-        raise CliError("--field needs --input FILE.jsonl")
+        texts = split_lines(read_input("-"))
     if args.output:
         check_output_path(args.output)
     model = load_model(args)
@@ -166,14 +207,33 @@ def cmd_embed(args):
     return 0
 
 
-def corpus_cache_path(corpus, model, field, dtype):  # embeddings cached next to the corpus, keyed by both
+def corpus_cache_key(corpus_bytes, model, field):  # -> hex digest of everything the embeddings depend on
+    import minibert
+
     h = hashlib.sha256()
-    h.update(Path(corpus).read_bytes())
-    weights = model.pipeline.transformer_dir / "model.safetensors"
-    st = weights.stat()
-    h.update(f"{weights.resolve()}|{st.st_size}|{st.st_mtime_ns}|{field}|{dtype}".encode())
-    h.update((model.pipeline.transformer_dir / "config.json").read_bytes())
-    return Path(corpus).with_name(f".{Path(corpus).name}.minibert-{h.hexdigest()[:16]}.npy")
+    for part in (model.fingerprint(), field or "", minibert.__version__):
+        h.update(part.encode() + b"\0")
+    h.update(corpus_bytes)
+    return h.hexdigest()
+
+
+def load_cached(cache, key, shape, dtype):  # -> embeddings, or None (absent), or raises CliError (damaged)
+    import numpy as np
+
+    if not cache.is_file():
+        return None
+    try:
+        with np.load(cache, allow_pickle=False) as f:
+            stored_key, digest, emb = str(f["key"]), str(f["sha256"]), f["embeddings"]
+    except Exception as e:  # noqa: BLE001 (a damaged file can fail in many ways: every one means rebuild)
+        raise CliError(f"unreadable ({type(e).__name__})") from None
+    if stored_key != key:
+        raise CliError("made for another corpus or model")
+    if emb.dtype != dtype or emb.shape != shape:
+        raise CliError(f"holds {emb.dtype} {emb.shape}, expected {dtype} {shape}")
+    if hashlib.sha256(np.ascontiguousarray(emb).tobytes()).hexdigest() != digest:
+        raise CliError("its embeddings do not match their checksum")
+    return emb
 
 
 def cmd_search(args):
@@ -183,28 +243,34 @@ def cmd_search(args):
 
     if args.k < 1:
         raise CliError(f"-k must be at least 1, got {args.k}")
-    docs = read_texts(args.corpus, args.field)
+    stdin = args.corpus == "-"
+    raw = read_input(args.corpus)
+    docs = read_texts(args.corpus, args.field) if not stdin else split_lines(raw)
     if not docs:
         raise CliError(f"corpus {args.corpus} holds no texts")
     model = load_model(args)
-    cache = corpus_cache_path(args.corpus, model, args.field, args.dtype)
-    emb = None
-    if cache.is_file():
+    emb, cache = None, None
+    if not stdin:  # a corpus from standard input has no file to keep its embeddings beside
+        key = corpus_cache_key(raw.encode("utf-8"), model, args.field)
+        corpus = Path(args.corpus)
+        cache = corpus.with_name(f".{corpus.name}.minibert-{key[:16]}.npz")
         try:
-            emb = np.load(cache)
-        except (OSError, ValueError):
-            emb = None  # a damaged cache is rebuilt, never trusted
-        if emb is not None and emb.shape != (len(docs), model.dim):
-            emb = None
+            emb = load_cached(cache, key, (len(docs), model.dim), model.dtype)
+        except CliError as e:
+            print(f"minibert: the cached corpus embeddings {cache} are not usable ({e}): recomputing", file=sys.stderr)
     if emb is None:
         emb = model.encode(
             docs, batch_size=args.batch_size, show_progress_bar=show_progress(args, len(docs), args.batch_size)
         )
         gc.freeze()  # Numba's objects too, if this call started it (see load_model)
-        try:
-            write_atomically(cache, lambda tmp: np.save(open(tmp, "wb"), emb))
-        except OSError as e:
-            print(f"minibert: could not cache corpus embeddings at {cache}: {e.strerror}", file=sys.stderr)
+        if cache is not None:
+            digest = hashlib.sha256(np.ascontiguousarray(emb).tobytes()).hexdigest()
+            try:
+                write_atomically(
+                    cache, lambda f: np.savez(f, embeddings=emb, key=np.array(key), sha256=np.array(digest))
+                )
+            except OSError as e:
+                print(f"minibert: could not cache corpus embeddings at {cache}: {e.strerror or e}", file=sys.stderr)
     elif not args.quiet:
         print(f"minibert: corpus embeddings from cache {cache}", file=sys.stderr)
     score = util.SIMILARITY[model.similarity_fn_name]
@@ -217,8 +283,6 @@ def cmd_search(args):
 
 
 def cmd_info(args):
-    import numpy as np
-
     from .weights import FLOAT_DTYPES, read_safetensors
 
     model = load_model(args)
@@ -226,7 +290,7 @@ def cmd_info(args):
     stored = read_safetensors(p.transformer_dir / "model.safetensors")
     floats = [t for t in stored.tensors.values() if t.dtype in FLOAT_DTYPES]  # not buffers such as position_ids
     dtypes = sorted({t.dtype for t in floats})
-    weights_mib = (p.transformer_dir / "model.safetensors").stat().st_size / 2**20
+    weights_mib = stored.file_size / 2**20
     n_params = sum(t.size for t in floats)
     rows = [
         ("model", args.model),
@@ -242,10 +306,7 @@ def cmd_info(args):
         ("max_seq_length", str(model.max_seq_length)),
         ("dtype on disk", ", ".join(dtypes)),
         ("compute dtype", model.dtype.name),
-        (
-            "parameters",
-            f"{n_params:,} in the checkpoint ({weights_mib:.1f} MiB)",
-        ),
+        ("parameters", f"{n_params:,} in the checkpoint ({weights_mib:.1f} MiB)"),
         ("files", str(p.transformer_dir)),
     ]
     width = max(len(k) for k, _ in rows)
@@ -342,7 +403,7 @@ def build_parser():
     return ap
 
 
-def main(argv=None):
+def main(argv=None):  # -> exit code; every error is one "minibert: error:" line (--debug: the traceback)
     ap = build_parser()
     args = ap.parse_args(argv)
     for name, default in SHARED_DEFAULTS.items():
@@ -353,22 +414,52 @@ def main(argv=None):
         return EXIT_USAGE
     if getattr(args, "batch_size", 1) < 1:
         ap.error(f"--batch-size must be at least 1, got {args.batch_size}")
-    from .errors import MinibertError
-
+    previous = signal.signal(signal.SIGTERM, _terminate) if _on_main_thread() else None
     try:
         return args.run(args)
     except KeyboardInterrupt:
         print("minibert: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Terminated:
+        print("minibert: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
     except BrokenPipeError:
         sys.stderr.close()  # `minibert embed ... | head`: not an error
         return 0
-    except (CliError, MinibertError, ValueError, TypeError, OSError) as e:
+    except Exception as e:  # noqa: BLE001 (the command line shows every failure as one line)
         if args.debug:
             raise
-        print(f"minibert: error: {e}", file=sys.stderr)
+        from .errors import MinibertError
+
+        plain = (CliError, MinibertError, OSError, ValueError, TypeError)
+        message = str(e) if isinstance(e, plain) else f"{type(e).__name__}: {e}"
+        print(f"minibert: error: {' '.join(message.split())[:2000]}", file=sys.stderr)
         return EXIT_ERROR
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _on_main_thread():
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
+def entry():  # the `minibert` command
+    code = main()
+    if code in (EXIT_INTERRUPTED, EXIT_TERMINATED):
+        # Cleanup is done (no partial file is left); do not wait for worker threads to finish the
+        # batch they hold, which on a busy machine can take long after the user asked to stop.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -10,6 +10,7 @@ call runs, minibert/engine.py runs it (or minibert/bert.py, with ``engine="refer
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -87,6 +88,8 @@ class SentenceEncoder:
                 f"the encoder makes {self.config.dim}"
             )
         self.weights = load_encoder_weights(weights_path, self.config, self.dtype)
+        stat = weights_path.stat()  # load_encoder_weights checked that the file did not change while it read it
+        self._weights_stat = (stat.st_size, stat.st_mtime_ns)
         # sentence-transformers: max_seq_length from sentence_bert_config.json, else the tokenizer's
         # model_max_length, capped by the position table (a longer input has no position vector).
         limit = p.max_seq_length or _tokenizer_max_length(tdir) or self.config.max_positions
@@ -260,6 +263,28 @@ class SentenceEncoder:
         if self.normalize or normalize_embeddings:
             pooled = util.normalize_embeddings(pooled).astype(self.dtype)
         return pooled
+
+    def fingerprint(self) -> str:  # sha256 hex of everything that decides this model's embeddings
+        """Every file the model was built from (configs, tokenizer, pooling, weights) and its
+        settings: two models with the same fingerprint give the same embeddings. The weights are
+        hashed from the file, which must still be the one loaded."""
+        h = hashlib.sha256()
+        t = self.pipeline.transformer_dir
+        files = [*self.pipeline.files, t / "config.json", self.tokenizer.path]
+        files += [f for f in (t / "tokenizer_config.json", t / "special_tokens_map.json") if f.is_file()]
+        for f in sorted(set(files)):
+            h.update(f"{f.name}\0{f.stat().st_size}\0".encode())
+            h.update(f.read_bytes())
+        weights = t / "model.safetensors"
+        before = weights.stat()
+        if (before.st_size, before.st_mtime_ns) != self._weights_stat:
+            raise CheckpointError(f"{weights}: the file changed since the model was loaded; load it again")
+        with open(weights, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+        settings = (self.dtype.name, self.engine, self.max_seq_length, self.pooling_modes, self.normalize)
+        h.update(repr(settings).encode())
+        return h.hexdigest()
 
     def similarity(self, a, b) -> np.ndarray:  # [n_a, dim], [n_b, dim] -> [n_a, n_b] with the model's own score
         return util.SIMILARITY[self.similarity_fn_name](a, b)

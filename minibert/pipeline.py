@@ -39,6 +39,7 @@ class Pipeline:
     include_prompt: bool = True  # False: a prompt's tokens are left out of pooling (Pooling's include_prompt)
     prompts: dict = field(default_factory=dict)  # name -> text put before a text (config_sentence_transformers.json)
     default_prompt_name: str | None = None  # the prompt used when encode is given none
+    files: tuple = ()  # the files read for all this (each decides the embeddings)
 
 
 def _module_kind(type_name):  # "sentence_transformers.models.Pooling" -> "Pooling"
@@ -114,8 +115,17 @@ def read_pipeline(model_dir):  # Path -> Pipeline
     modules_path = model_dir / "modules.json"
     modules = read_json(modules_path, required=False, what="a list")
     if modules is None:  # a plain transformers checkpoint
+        files = (st_path,) if st_path.is_file() else ()
         return Pipeline(
-            model_dir, None, False, ("mean",), False, sim, prompts=prompts, default_prompt_name=default_prompt
+            model_dir,
+            None,
+            False,
+            ("mean",),
+            False,
+            sim,
+            prompts=prompts,
+            default_prompt_name=default_prompt,
+            files=files,
         )
     if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
         raise CheckpointError(f"{modules_path}: expected a list of module objects")
@@ -136,10 +146,10 @@ def read_pipeline(model_dir):  # Path -> Pipeline
             f"{modules_path}: module order {kinds} is not supported; expected Transformer, Pooling[, Normalize]"
         )
     transformer_dir = _inside(model_dir, modules[0].get("path", ""), modules_path)
-    sbert = read_json(transformer_dir / "sentence_bert_config.json", required=False)
-    if sbert is None and transformer_dir != model_dir:
-        sbert = read_json(model_dir / "sentence_bert_config.json", required=False)
-    sbert, sbert_path = sbert or {}, "sentence_bert_config.json"
+    sbert_path = transformer_dir / "sentence_bert_config.json"
+    if not sbert_path.is_file() and transformer_dir != model_dir:
+        sbert_path = model_dir / "sentence_bert_config.json"
+    sbert = read_json(sbert_path, required=False) or {}
     max_len = sbert.get("max_seq_length")
     if max_len is not None:
         integer(max_len, f"{sbert_path}: field 'max_seq_length'", 2)
@@ -158,4 +168,5 @@ def read_pipeline(model_dir):  # Path -> Pipeline
         include_prompt=boolean(pool_cfg.get("include_prompt", True), f"{pool_path}: field 'include_prompt'"),
         prompts=prompts,
         default_prompt_name=default_prompt,
+        files=tuple(f for f in (st_path, modules_path, sbert_path, pool_path) if f.is_file()),
     )

@@ -138,7 +138,7 @@ class WordPieceTokenizer:
         self.set_max_length(max_seq_length)
 
     def set_max_length(self, max_seq_length):  # tokens per text, [CLS] and [SEP] included
-        if max_seq_length <= self.specials:
+        if max_seq_length < self.specials:  # (tokenizers would then not truncate at all)
             raise ValueError(f"max_seq_length {max_seq_length} leaves no room for a token beside the {self.specials} "
                              f"special tokens {self.path} adds")  # fmt: skip
         self.tok.enable_truncation(max_length=max_seq_length, strategy="longest_first", direction="right", stride=0)

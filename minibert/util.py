@@ -33,7 +33,8 @@ def _pair(a, b):
 
 def normalize_embeddings(x):  # [n, D] -> [n, D] unit rows
     x = _as_2d(x, "embeddings")
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    with np.errstate(over="ignore"):
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
     if not np.isfinite(norms).all() and np.isfinite(x).all():  # the squares overflowed, the vector did not
         wide = x.astype(np.float64)
         scale = np.maximum(np.abs(wide).max(axis=1, keepdims=True), 1e-300)  # so that no square overflows

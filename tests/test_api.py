@@ -4,10 +4,11 @@ import json
 
 import numpy as np
 import pytest
-from helpers import rel_err, write_model
 
 import minibert
 from minibert import UnsupportedModelError, util
+
+from helpers import rel_err, write_model
 
 
 @pytest.fixture(scope="module")

@@ -4,12 +4,13 @@ import json
 
 import numpy as np
 import pytest
-from helpers import rel_err, tiny_spec, write_model
 
 import minibert
 from minibert import CheckpointError, UnsupportedModelError
 from minibert.parity.standins import standin_tensors
 from minibert.weights import read_safetensors
+
+from helpers import rel_err, tiny_spec, write_model
 
 TEXTS = ["the printing press", "", "Café 北京 🍕"]
 

@@ -5,13 +5,14 @@ import dataclasses
 
 import numpy as np
 import pytest
-from helpers import rel_err, tiny_spec, write_model
 
 import minibert
 from minibert import bert, engine, threads
 from minibert.engine import NUMBA_KERNELS, NUMPY_KERNELS, BlasDense, StreamingDense, TiledBlasDense
 from minibert.kernels.matmul import blas_k_blocks, blas_row_tile
 from minibert.plan import Plan
+
+from helpers import rel_err, tiny_spec, write_model
 
 TEXTS = ["a short one", "", "a somewhat longer text about the printing press and books", "x y z"]
 

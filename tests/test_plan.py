@@ -13,7 +13,6 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import rel_err, write_model
 
 import minibert
 from minibert import plan, threads
@@ -21,6 +20,8 @@ from minibert.engine import BlasDense, StreamingDense, TiledBlasDense
 from minibert.kernels import jit
 from minibert.kernels.matmul import blas_row_tile
 from minibert.parity.hf import default_texts
+
+from helpers import rel_err, write_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEXTS = default_texts()

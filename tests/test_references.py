@@ -11,9 +11,10 @@ bge-micro targets) on texts with empty, whitespace-only, accented, CJK, emoji, c
 
 import numpy as np
 import pytest
-from helpers import rel_err
 
 import minibert
+
+from helpers import rel_err
 
 MODELS = ["minilm", "distilbert-mean", "distilbert-cls", "bge-micro"]
 

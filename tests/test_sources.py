@@ -5,11 +5,12 @@ import os
 import shutil
 
 import pytest
-from helpers import write_model
 
 import minibert
 from minibert import CheckpointError
 from minibert.sources import HUB_FILES, resolve
+
+from helpers import write_model
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
