@@ -26,21 +26,20 @@ from pathlib import Path
 
 import numpy as np
 
+from minibert.parity import standins
+from minibert.parity.sts import read_sts
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from parity import standins  # noqa: E402
-from parity.sts import DEFAULT_DATA, read_sts  # noqa: E402
-
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "stsbenchmark-test.tsv"  # the STS Benchmark test split
 THREADS = 2
 BATCH = 32
 CORPORA = {"mixed": 0.85, "sentences": 1.0}  # --corpus: the share of texts that are single sentences
 
 
-def build_corpus(n_texts, seed=0, sentences_share=0.85):  # -> list[str]: sentences, and the rest paragraphs
+def build_corpus(n_texts, seed=0, sentences_share=0.85, data=DEFAULT_DATA):  # -> list[str]: sentences, then paragraphs
     """``sentences_share=1`` gives sentences only (the "sentences" corpus): no long tail, so per-batch
     overheads weigh more and attention less than on the default mix."""
-    s1, s2, _ = read_sts(DEFAULT_DATA)
+    s1, s2, _ = read_sts(data)
     sentences = s1 + s2
     rng = np.random.default_rng(seed)
     texts = []
@@ -129,7 +128,7 @@ class SentenceTransformers:
     def __init__(self, model_dir):
         import torch
 
-        from parity.hf import load_sentence_transformer
+        from minibert.parity.hf import load_sentence_transformer
 
         torch.set_num_threads(THREADS)
         self.model = load_sentence_transformer(model_dir)
@@ -151,7 +150,7 @@ class OnnxRuntime:
         import onnxruntime as ort
         import torch
 
-        from parity.hf import load_sentence_transformer
+        from minibert.parity.hf import load_sentence_transformer
 
         st = load_sentence_transformer(model_dir)
         self.tokenizer, self.max_len = st.tokenizer, st.max_seq_length
@@ -240,9 +239,23 @@ def latency(engine, query, n=30):
     return statistics.median(_timed(lambda: engine.encode([query])) for _ in range(n))
 
 
+def busy_latency(engine, query, n=30):  # median and worst of n queries while another process keeps a core busy
+    """A short query split over both cores waits at every split for the thread whose core the
+    neighbour holds; minibert's planner stops splitting when queries slow down (minibert/plan.py)."""
+    neighbour = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        engine.encode([query])
+        times = [_timed(lambda: engine.encode([query])) for _ in range(n)]
+    finally:
+        neighbour.kill()
+        neighbour.wait()
+    return statistics.median(times), max(times)
+
+
 # "runtime deps only": the process cannot see SciPy, as in an environment holding only minibert's
 # dependencies. Numba probes SciPy's BLAS when its first kernel loads (0.23 s here) if it is installed.
-# minibert runs a short first call on NumPy without starting Numba (minibert/startup.py); the
+# minibert runs a short first call on NumPy without starting Numba (minibert/plan.py); the
 # "Numba from the first call" rows (MINIBERT_NUMBA=1) show what starting Numba costs.
 _MB = "import minibert; minibert.load({d!r}).encode(['hi'])"
 _NO_SCIPY = "import sys; sys.modules['scipy'] = None; "
@@ -304,6 +317,8 @@ def bench_model(label, model_dir, texts, repeats, query):
             "gflops": flops / secs / 1e9,
             "query_latency_ms": 1000 * latency(eng, query),
         }
+        busy = busy_latency(eng, query)
+        rows[eng.name].update(busy_query_ms=1000 * busy[0], busy_query_worst_ms=1000 * busy[1])
         print(f"  {eng.name:<22} {n_tok / secs:9.0f} tokens/s", file=sys.stderr)
     weights = (Path(model_dir) / "model.safetensors").stat().st_size / 2**20
     # Let the engines above go idle first: right after them a DistilBERT cold start measured
@@ -317,9 +332,9 @@ def bench_model(label, model_dir, texts, repeats, query):
             "minibert, Numba from the first call", model_dir, {"NUMBA_CACHE_DIR": cache}, runs=1
         )[0]
     # One query on the path a process takes before Numba has started (NumPy mirrors of the kernels).
-    from minibert import startup
+    from minibert import plan
 
-    with startup.forced(False):
+    with plan.forced("numpy"):
         rows["minibert"]["query_numpy_ms"] = 1000 * latency(mb, query)
     return {
         "model": label,
@@ -336,7 +351,7 @@ def bench_model(label, model_dir, texts, repeats, query):
 def print_table(result, gflops, peak, corpus):
     print(
         f"\nmachine: {os.cpu_count()} cores, NumPy sgemm {gflops:.0f} GFLOP/s (the cores' FMA peak: {peak:.0f}), "
-        f"batch {BATCH}, {THREADS} threads, corpus {corpus!r}"
+        f"OpenBLAS kernels {openblas_kernels()}, batch {BATCH}, {THREADS} threads, corpus {corpus!r}"
     )
     for r in result:
         e = r["engines"]
@@ -344,12 +359,12 @@ def print_table(result, gflops, peak, corpus):
         print(f"\n{r['model']}: {r['texts']} texts, {r['tokens']} tokens, weights {r['weights_mib']:.0f} MiB")
         print(
             f"{'engine':<36} {'tokens/s':>9} {'texts/s':>8} {'x ST':>6} {'x ORT':>6} {'roofline':>8} "
-            f"{'query ms':>8} {'cold s':>7} {'RSS MiB':>8}"
+            f"{'query ms':>8} {'busy ms':>8} {'cold s':>7} {'RSS MiB':>8}"
         )
         for name, row in e.items():
             if "tokens_per_s" not in row:
                 print(
-                    f"{name:<36} {'':>9} {'':>8} {'':>6} {'':>6} {'':>8} {'':>8} "
+                    f"{name:<36} {'':>9} {'':>8} {'':>6} {'':>6} {'':>8} {'':>8} {'':>8} "
                     f"{row['cold_start_s']:7.2f} {row['peak_rss_mib']:8.0f}"
                 )
                 continue
@@ -359,7 +374,8 @@ def print_table(result, gflops, peak, corpus):
             rss = f"{row['peak_rss_mib']:8.0f}" if "peak_rss_mib" in row else f"{'-':>8}"
             print(
                 f"{name:<36} {row['tokens_per_s']:9.0f} {row['texts_per_s']:8.1f} {x_st:6.2f} {x_ort:6.2f} "
-                f"{100 * row['gflops'] / gflops:7.0f}% {row['query_latency_ms']:8.2f} {cold} {rss}"
+                f"{100 * row['gflops'] / gflops:7.0f}% {row['query_latency_ms']:8.2f} {row['busy_query_ms']:8.2f} "
+                f"{cold} {rss}"
             )
         mb = e["minibert"]
         print(
@@ -369,9 +385,17 @@ def print_table(result, gflops, peak, corpus):
         print(f"minibert one query before Numba has started (NumPy path): {mb['query_numpy_ms']:.2f} ms")
         if r.get("pooling") == ["cls"]:
             print(
-                "[CLS] pooling: minibert's last layer carries only [CLS] past attention (minibert/encoder.py), so its\n"
+                "[CLS] pooling: minibert's last layer carries only [CLS] past attention (minibert/engine.py), so its\n"
                 "roofline share counts the other tokens' feed-forward work, which it skips; the other engines do it."
             )
+
+
+def openblas_kernels():  # -> the kernel family NumPy's OpenBLAS chose ("SkylakeX", "Haswell", ...)
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "unknown (pip install threadpoolctl)"
+    return next((i.get("architecture") for i in threadpool_info() if i["internal_api"] == "openblas"), "none")
 
 
 def main():
@@ -387,11 +411,12 @@ def main():
         help="mixed: 85%% sentences, 15%% paragraphs up to 512 tokens (the default); sentences: no paragraphs",
     )
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--data", default=str(DEFAULT_DATA), help="the STS Benchmark test split the corpus is drawn from")
     ap.add_argument("--json", dest="json_out")
     args = ap.parse_args()
     from minibert.sources import from_packages
 
-    texts = build_corpus(args.texts, sentences_share=CORPORA[args.corpus])
+    texts = build_corpus(args.texts, sentences_share=CORPORA[args.corpus], data=args.data)
     query = "how many people live in london today?"
     gflops, peak = sgemm_gflops(), fma_peak_gflops()
     results = []

@@ -94,14 +94,17 @@ class TiledBlasDense:
 class StreamingDense:
     """One short text: minibert's kernel streams W once instead of BLAS re-packing it for a few
     rows (kernels/matmul.py), split over ``threads``, summing in BLAS's own order so that the
-    text gets its batch bits. ``blocks``: BLAS's K blocks for each (K, N) of the model."""
+    text gets its batch bits. ``blocks``: BLAS's K blocks for each (K, N) of the model; a matrix
+    whose order was not found (None) takes BLAS."""
 
     threads: int
-    blocks: dict  # (K, N) -> int64 block boundaries [0, ..., K]
+    blocks: dict  # (K, N) -> int64 block boundaries [0, ..., K], or None
     name = "streaming"
 
     def __call__(self, x, w, offsets):  # [N, in], [in, out], [B + 1] -> [N, out]
-        blocks = self.blocks[w.shape]
+        blocks = self.blocks.get(w.shape)
+        if blocks is None:
+            return BlasDense()(x, w, offsets)
         if self.threads == 1:
             return matmul_rows(x, w, blocks)
         return matmul_rows_split(x, w, blocks, self.threads)  # the same bits as on one thread

@@ -145,11 +145,11 @@ def row_tile(dtype):  # -> NumPy's BLAS's row tile for dtype (kernels/matmul.py)
         return blas_row_tile(dtype)
 
 
-def _query_blocks(model, split):  # -> {(K, N): BLAS's K blocks} for every matrix of the model, or None
+def _query_blocks(model, split):  # -> {(K, N): BLAS's K blocks or None} for the model's matrices; None if none
     w = model.weights.layers[0]
     shapes = {m.shape for m in (w.qkv_w, w.attn_out_w, w.ffn_in_w, w.ffn_out_w)}
     blocks = {(k, n): blas_k_blocks(k, n, model.dtype, split) for k, n in shapes}
-    return None if any(b is None for b in blocks.values()) else blocks
+    return None if all(b is None for b in blocks.values()) else blocks
 
 
 # ------------------------------------------------------------------ rules 4 and 5: threads

@@ -67,7 +67,7 @@ def every_plan(model, n_texts):  # -> {name: Plan}: each dense strategy valid on
     if n_texts == 1 and tile == 1:  # the streaming kernel is for one text, on a BLAS whose order it can copy
         for n in (1, 2):
             blocks = {s: blas_k_blocks(*s, model.dtype, n > 1) for s in shapes}
-            assert None not in blocks.values()
+            assert any(b is not None for b in blocks.values())  # (a matrix without an order takes BLAS)
             dense[f"streaming x{n}"] = StreamingDense(n, blocks)
     return {
         f"{k.name} kernels, {name}": Plan(False, k, d, 1, False, False)

