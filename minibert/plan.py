@@ -140,16 +140,24 @@ def _spent_on_numpy(seconds):
 # ------------------------------------------------------------------ rule 3: the dense layers
 
 
+_row_tiles = {}  # dtype -> row tile, and (shapes, dtype, split) -> blocks: facts of this process's BLAS
+_blocks = {}
+
+
 def row_tile(dtype):  # -> NumPy's BLAS's row tile for dtype (kernels/matmul.py), probed as the workers run it
-    with threads.single_threaded_blas():
-        return blas_row_tile(dtype)
+    if dtype not in _row_tiles:
+        with threads.single_threaded_blas():
+            _row_tiles[dtype] = blas_row_tile(dtype)
+    return _row_tiles[dtype]
 
 
 def _query_blocks(model, split):  # -> {(K, N): BLAS's K blocks or None} for the model's matrices; None if none
     w = model.weights.layers[0]
-    shapes = {m.shape for m in (w.qkv_w, w.attn_out_w, w.ffn_in_w, w.ffn_out_w)}
-    blocks = {(k, n): blas_k_blocks(k, n, model.dtype, split) for k, n in shapes}
-    return None if all(b is None for b in blocks.values()) else blocks
+    key = (tuple(m.shape for m in (w.qkv_w, w.attn_out_w, w.ffn_in_w, w.ffn_out_w)), model.dtype, split)
+    if key not in _blocks:
+        blocks = {(k, n): blas_k_blocks(k, n, model.dtype, split) for k, n in set(key[0])}
+        _blocks[key] = None if all(b is None for b in blocks.values()) else blocks
+    return _blocks[key]
 
 
 # ------------------------------------------------------------------ rules 4 and 5: threads
