@@ -53,9 +53,12 @@ SUB_K = 16  # rows of W per sub-block: the fastest of 8-64 with W coming from me
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def matmul_tiles_into(x, w, out, k0, k1, c0, c1):  # [M4, K], [K, N], [M4, N], k range, column range -> [M4, N]
-    """out[:, c0:c1] <- x[:, k0:k1] @ w[k0:k1, c0:c1], each output one FMA chain along k (no
-    reassociation). M4, the rows of x, is a multiple of TILE_ROWS."""
+def matmul_tiles_into(x, w, out, k0, k1, c0, c1, block, part):  # [M4, K], [K, N], [M4, N], ranges, int, [M4, N]
+    """out[:, c0:c1] <- x[:, k0:k1] @ w[k0:k1, c0:c1]. M4, the rows of x, is a multiple of TILE_ROWS.
+    ``block`` 0: each output is one FMA chain along k (no reassociation), as BLAS sums a K block
+    (``part`` unused). Else one chain per ``block`` rows of W (a multiple of SUB_K), carried in
+    ``part``, each chain added to the sum of those before it in ``out``: nearer the exact sum, for
+    matmul_batch, which need not copy BLAS's order."""
     if (
         x.shape[0] % TILE_ROWS
         or x.shape[1] != w.shape[0]
@@ -64,6 +67,11 @@ def matmul_tiles_into(x, w, out, k0, k1, c0, c1):  # [M4, K], [K, N], [M4, N], k
         or w.strides[1] != w.itemsize
         or out.strides[1] != out.itemsize
         or not (0 <= k0 <= k1 <= w.shape[0] and 0 <= c0 <= c1 <= w.shape[1])
+        or block < 0
+        or block % SUB_K
+        or part.shape[0] != out.shape[0]
+        or part.shape[1] != out.shape[1]
+        or part.strides[1] != part.itemsize
     ):  # no bounds checks inside
         raise ValueError(
             "matmul_tiles_into: x needs a multiple of 4 rows and w's rows as columns, out x's rows "
@@ -71,45 +79,53 @@ def matmul_tiles_into(x, w, out, k0, k1, c0, c1):  # [M4, K], [K, N], [M4, N], k
         )
     lanes = VECTOR_BYTES // w.itemsize
     tile = TILE_VECTORS * lanes  # columns per register tile
+    unit = np.ones(1, dtype=w.dtype)[0]
+    zero = unit - unit
     width = c1 - c0
     whole = c0 + width // tile * tile  # columns in whole tiles; the rest (none in the target models) scalar
     for i in range(x.shape[0]):  # (loops, not slice assignments: those cost ~3 s of compile time)
         for j in range(whole, c1):
             out[i, j] = 0
+            part[i, j] = 0
     # fmt: off  (the register tile: one line per row of x, its four vectors side by side)
     for kk in range(k0, k1, SUB_K):
         ke = min(kk + SUB_K, k1)
+        starts = block == 0 or (kk - k0) % block == 0  # a chain starts here (from 0, or BLAS's running sum)
+        ends = block == 0 or ke == k1 or (ke - k0) % block == 0  # ... and ends here
+        first = block == 0 or kk - k0 < block  # in the first chain: nothing to add it to yet
+        acc = out if block == 0 or ends else part  # where the running chain is kept between sub-blocks
         ahead = min(ke + SUB_K, k1) - ke  # rows of the next sub-block, fetched while this one is computed
         pr, pc = 0, c0  # next line to prefetch: row ke + pr, column pc
         for j in range(c0, whole, tile):
             for i in range(0, x.shape[0], TILE_ROWS):
-                if kk == k0:
+                src = out if block == 0 else part
+                if (kk == k0) if block == 0 else starts:
                     c00 = c01 = c02 = c03 = c10 = c11 = c12 = c13 = vzero(out)
                     c20 = c21 = c22 = c23 = c30 = c31 = c32 = c33 = vzero(out)
                 else:
                     c00, c01, c02, c03 = (
-                        vload(out, i, j),
-                        vload(out, i, j + lanes),
-                        vload(out, i, j + 2 * lanes),
-                        vload(out, i, j + 3 * lanes),
+                        vload(src, i, j),
+                        vload(src, i, j + lanes),
+                        vload(src, i, j + 2 * lanes),
+                        vload(src, i, j + 3 * lanes),
                     )
                     c10, c11, c12, c13 = (
-                        vload(out, i + 1, j),
-                        vload(out, i + 1, j + lanes),
-                        vload(out, i + 1, j + 2 * lanes),
-                        vload(out, i + 1, j + 3 * lanes),
+                        vload(src, i + 1, j),
+                        vload(src, i + 1, j + lanes),
+                        vload(src, i + 1, j + 2 * lanes),
+                        vload(src, i + 1, j + 3 * lanes),
                     )
                     c20, c21, c22, c23 = (
-                        vload(out, i + 2, j),
-                        vload(out, i + 2, j + lanes),
-                        vload(out, i + 2, j + 2 * lanes),
-                        vload(out, i + 2, j + 3 * lanes),
+                        vload(src, i + 2, j),
+                        vload(src, i + 2, j + lanes),
+                        vload(src, i + 2, j + 2 * lanes),
+                        vload(src, i + 2, j + 3 * lanes),
                     )
                     c30, c31, c32, c33 = (
-                        vload(out, i + 3, j),
-                        vload(out, i + 3, j + lanes),
-                        vload(out, i + 3, j + 2 * lanes),
-                        vload(out, i + 3, j + 3 * lanes),
+                        vload(src, i + 3, j),
+                        vload(src, i + 3, j + lanes),
+                        vload(src, i + 3, j + 2 * lanes),
+                        vload(src, i + 3, j + 3 * lanes),
                     )
                 for k in range(kk, ke):
                     if i == 0 and pr < ahead:  # one tile's worth (4 cache lines) of the next sub-block
@@ -133,36 +149,66 @@ def matmul_tiles_into(x, w, out, k0, k1, c0, c1):  # [M4, K], [K, N], [M4, N], k
                     c20, c21, c22, c23 = vfma(a, w0, c20), vfma(a, w1, c21), vfma(a, w2, c22), vfma(a, w3, c23)
                     a = vsplat(x[i + 3, k])
                     c30, c31, c32, c33 = vfma(a, w0, c30), vfma(a, w1, c31), vfma(a, w2, c32), vfma(a, w3, c33)
+                if block and ends and not first:  # the chain added to the sum so far: 1 * c + out, one rounding
+                    one = vsplat(unit)
+                    c00, c01 = vfma(c00, one, vload(out, i, j)), vfma(c01, one, vload(out, i, j + lanes))
+                    c02, c03 = (
+                        vfma(c02, one, vload(out, i, j + 2 * lanes)),
+                        vfma(c03, one, vload(out, i, j + 3 * lanes)),
+                    )
+                    c10, c11 = vfma(c10, one, vload(out, i + 1, j)), vfma(c11, one, vload(out, i + 1, j + lanes))
+                    c12, c13 = (
+                        vfma(c12, one, vload(out, i + 1, j + 2 * lanes)),
+                        vfma(c13, one, vload(out, i + 1, j + 3 * lanes)),
+                    )
+                    c20, c21 = vfma(c20, one, vload(out, i + 2, j)), vfma(c21, one, vload(out, i + 2, j + lanes))
+                    c22, c23 = (
+                        vfma(c22, one, vload(out, i + 2, j + 2 * lanes)),
+                        vfma(c23, one, vload(out, i + 2, j + 3 * lanes)),
+                    )
+                    c30, c31 = vfma(c30, one, vload(out, i + 3, j)), vfma(c31, one, vload(out, i + 3, j + lanes))
+                    c32, c33 = (
+                        vfma(c32, one, vload(out, i + 3, j + 2 * lanes)),
+                        vfma(c33, one, vload(out, i + 3, j + 3 * lanes)),
+                    )
                 (
-                    vstore(out, i, j, c00),
-                    vstore(out, i, j + lanes, c01),
-                    vstore(out, i, j + 2 * lanes, c02),
-                    vstore(out, i, j + 3 * lanes, c03),
+                    vstore(acc, i, j, c00),
+                    vstore(acc, i, j + lanes, c01),
+                    vstore(acc, i, j + 2 * lanes, c02),
+                    vstore(acc, i, j + 3 * lanes, c03),
                 )
                 (
-                    vstore(out, i + 1, j, c10),
-                    vstore(out, i + 1, j + lanes, c11),
-                    vstore(out, i + 1, j + 2 * lanes, c12),
-                    vstore(out, i + 1, j + 3 * lanes, c13),
+                    vstore(acc, i + 1, j, c10),
+                    vstore(acc, i + 1, j + lanes, c11),
+                    vstore(acc, i + 1, j + 2 * lanes, c12),
+                    vstore(acc, i + 1, j + 3 * lanes, c13),
                 )
                 (
-                    vstore(out, i + 2, j, c20),
-                    vstore(out, i + 2, j + lanes, c21),
-                    vstore(out, i + 2, j + 2 * lanes, c22),
-                    vstore(out, i + 2, j + 3 * lanes, c23),
+                    vstore(acc, i + 2, j, c20),
+                    vstore(acc, i + 2, j + lanes, c21),
+                    vstore(acc, i + 2, j + 2 * lanes, c22),
+                    vstore(acc, i + 2, j + 3 * lanes, c23),
                 )
                 (
-                    vstore(out, i + 3, j, c30),
-                    vstore(out, i + 3, j + lanes, c31),
-                    vstore(out, i + 3, j + 2 * lanes, c32),
-                    vstore(out, i + 3, j + 3 * lanes, c33),
+                    vstore(acc, i + 3, j, c30),
+                    vstore(acc, i + 3, j + lanes, c31),
+                    vstore(acc, i + 3, j + 2 * lanes, c32),
+                    vstore(acc, i + 3, j + 3 * lanes, c33),
                 )
         for i in range(x.shape[0]):  # columns past the last whole tile: the same chain, one output at a time
             for j in range(whole, c1):
-                s = out[i, j]
+                if block == 0:
+                    s = out[i, j]
+                else:
+                    s = zero if starts else part[i, j]
                 for k in range(kk, ke):
                     s = fma(x[i, k], w[k, j], s)
-                out[i, j] = s
+                if block and ends and not first:
+                    s = out[i, j] + s
+                if block and not ends:
+                    part[i, j] = s
+                else:
+                    out[i, j] = s
     # fmt: on
     return out
 
@@ -204,7 +250,7 @@ def matmul_rows(x, w, blocks):  # [M, K], [K, N], [n_blocks + 1] -> [M, N], on t
     xp = padded_rows(x)
     partial = np.empty((len(blocks) - 1, xp.shape[0], w.shape[1]), dtype=x.dtype)
     for b in range(len(blocks) - 1):
-        matmul_tiles_into(xp, w, partial[b], blocks[b], blocks[b + 1], FIRST_COLUMN, w.shape[1])
+        matmul_tiles_into(xp, w, partial[b], blocks[b], blocks[b + 1], FIRST_COLUMN, w.shape[1], 0, partial[b])
     return add_blocks(partial, x.shape[0])
 
 
@@ -223,10 +269,10 @@ def blocks_over_threads(x, w, blocks, threads, partial):  # partial [n_blocks, M
     whole = n_blocks - n_blocks % threads
     for t in prange(threads):
         for b in range(t, whole, threads):
-            matmul_tiles_into(x, w, partial[b], blocks[b], blocks[b + 1], FIRST_COLUMN, n)
+            matmul_tiles_into(x, w, partial[b], blocks[b], blocks[b + 1], FIRST_COLUMN, n, 0, partial[b])
         c0, c1 = column_share(n, t, threads, TILE_VECTORS * VECTOR_BYTES // w.itemsize)
         for b in range(whole, n_blocks):
-            matmul_tiles_into(x, w, partial[b], blocks[b], blocks[b + 1], c0, c1)
+            matmul_tiles_into(x, w, partial[b], blocks[b], blocks[b + 1], c0, c1, 0, partial[b])
     return partial
 
 
@@ -239,6 +285,50 @@ def matmul_rows_split(x, w, blocks, threads):  # [M, K], [K, N], [n_blocks + 1],
     xp = padded_rows(x)
     partial = np.empty((len(blocks) - 1, xp.shape[0], w.shape[1]), dtype=x.dtype)
     return add_blocks(blocks_over_threads(xp, w, blocks, max(threads, 1), partial), x.shape[0])
+
+
+# ---------------------------------------------------------------- a batch without BLAS
+
+BATCH_ROWS = 32  # rows of x per pass over W: their [BATCH_ROWS, N] sums stay in L2 while W streams by
+# Each output of a batch is one FMA chain per K_BLOCK of K, the chains added in order. One chain along
+# all of K drifts from the exact sum about twice as far as BLAS; chains of 128 land nearer than BLAS.
+K_BLOCK = 128
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def matmul_batch(x, w):  # [M, K], [K, N] -> [M, N], on the calling thread
+    """x @ W for a batch, where NumPy's BLAS does not use the CPU's widest vectors (its AVX2
+    kernels on an AVX-512 CPU). A row's sums use only that row, in an order fixed by K alone: its
+    bits do not depend on the other rows, how many there are, or how the columns are shared
+    between threads, so a text gets the same bits alone or in any batch, with no BLAS order to copy."""
+    check_blocks(x, w, np.array([0, x.shape[1]], dtype=np.int64))
+    xp = padded_rows(x)
+    out = np.empty((xp.shape[0], w.shape[1]), dtype=x.dtype)
+    part = np.empty((BATCH_ROWS, w.shape[1]), dtype=x.dtype)
+    for r in range(0, xp.shape[0], BATCH_ROWS):
+        e = min(r + BATCH_ROWS, xp.shape[0])
+        matmul_tiles_into(xp[r:e], w, out[r:e], 0, x.shape[1], FIRST_COLUMN, w.shape[1], K_BLOCK, part[: e - r])
+    return out[: x.shape[0]]
+
+
+@njit(cache=True, nogil=True, error_model="numpy", parallel=True)
+def batch_over_threads(xp, w, out, threads):  # out [M4, N] <- xp @ w, the columns shared by threads
+    n = w.shape[1]
+    for t in prange(threads):
+        c0, c1 = column_share(n, t, threads, TILE_VECTORS * VECTOR_BYTES // w.itemsize)
+        part = np.empty((BATCH_ROWS, n), dtype=xp.dtype)
+        for r in range(0, xp.shape[0], BATCH_ROWS):
+            e = min(r + BATCH_ROWS, xp.shape[0])
+            matmul_tiles_into(xp[r:e], w, out[r:e], 0, xp.shape[1], c0, c1, K_BLOCK, part[: e - r])
+    return out
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def matmul_batch_split(x, w, threads):  # [M, K], [K, N], int -> [M, N]: matmul_batch's bits, on threads
+    check_blocks(x, w, np.array([0, x.shape[1]], dtype=np.int64))
+    xp = padded_rows(x)
+    out = np.empty((xp.shape[0], w.shape[1]), dtype=x.dtype)
+    return batch_over_threads(xp, w, out, max(threads, 1))[: x.shape[0]]
 
 
 # ---------------------------------------------------------------- BLAS's summation order

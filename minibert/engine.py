@@ -36,7 +36,7 @@ from minibert.kernels import (
     softmax_rows_numpy,
 )
 from minibert.kernels.activations import ACTIVATIONS
-from minibert.kernels.matmul import matmul_rows, matmul_rows_split
+from minibert.kernels.matmul import matmul_batch, matmul_batch_split, matmul_rows, matmul_rows_split
 from minibert.threads import single_threaded_blas
 
 # ------------------------------------------------------------------ strategies
@@ -108,6 +108,23 @@ class StreamingDense:
         if self.threads == 1:
             return matmul_rows(x, w, blocks)
         return matmul_rows_split(x, w, blocks, self.threads)  # the same bits as on one thread
+
+
+@dataclass(frozen=True)
+class NumbaDense:
+    """minibert's own matmul for every call (kernels/matmul.py, ``matmul_batch``), in 512-bit
+    vectors: for a BLAS whose kernels do not use the CPU's widest ones (OpenBLAS's AVX2 kernels on
+    an AVX-512 CPU, as with OPENBLAS_CORETYPE=Haswell), where it is faster than that BLAS. A row's
+    sums use only that row, so there are no tiles to lay texts out on, and a query gets its batch
+    bits by construction."""
+
+    threads: int  # 1 in a batch's workers (they share the texts); the cores, for one text alone
+    name = "numba"
+
+    def __call__(self, x, w, offsets):  # [N, in], [in, out], [B + 1] -> [N, out]
+        if self.threads == 1:
+            return matmul_batch(x, w)
+        return matmul_batch_split(x, w, self.threads)  # the same bits as on one thread
 
 
 # ------------------------------------------------------------------ the model, block for block

@@ -11,9 +11,12 @@ rules, each with its reason:
    until the rent paid equals the price is never worse than twice the best choice in hindsight).
    ``MINIBERT_NUMBA=1`` starts Numba at the first call, ``0`` never.
 3. The dense layers. A BLAS whose row bits depend on the row's place in a tile (OpenBLAS's AVX2
-   kernels) gets each text laid out on its tiles, on one BLAS thread. Otherwise one short text
-   alone (a query of at most ``SMALL_ROWS`` tokens) on Numba takes the streaming kernel, where BLAS's
-   summation order could be found; everything else takes BLAS.
+   kernels) is also one that does not use 512-bit vectors: on a CPU that has them, minibert's own
+   matmul is faster, and its rows never depend on each other, so every call on Numba takes it;
+   without Numba, or on a CPU without AVX-512, each text is laid out on the BLAS's tiles, on one
+   BLAS thread. With a BLAS whose rows are independent, one short text alone (a query of at most
+   ``SMALL_ROWS`` tokens) on Numba takes the streaming kernel, where BLAS's summation order could
+   be found; everything else takes BLAS.
 4. A query's threads: all the cores, unless this process cannot split (a child forked after its
    parent used Numba's threads), another query holds the split, or the cores are busy (below).
 5. Worker threads: a call of several texts deals them to one worker per core, each with BLAS on
@@ -36,7 +39,7 @@ from minibert.kernels import jit
 from minibert.kernels.matmul import blas_k_blocks, blas_row_tile
 
 from . import threads
-from .engine import NUMBA_KERNELS, NUMPY_KERNELS, BlasDense, Kernels, StreamingDense, TiledBlasDense
+from .engine import NUMBA_KERNELS, NUMPY_KERNELS, BlasDense, Kernels, NumbaDense, StreamingDense, TiledBlasDense
 
 NUMPY_CALL_TOKENS = 64  # a call of up to this many tokens may run on NumPy while Numba is not started
 NUMPY_SECONDS = 0.3  # ... until such calls have taken this long in total (about Numba's start-up)
@@ -77,7 +80,10 @@ def plan(model, lengths, output):  # SentenceEncoder, tokens per text, one of OU
     query = numba and len(lengths) == 1 and lengths[0] <= SMALL_ROWS
     with contextlib.ExitStack() as held:
         tile = row_tile(model.dtype)
-        if tile and tile > 1:
+        if numba and tile and tile > 1 and cpu_has_avx512():
+            n = _query_threads(model, held) if len(lengths) == 1 else 1
+            dense, workers = NumbaDense(n), _workers(len(lengths), held)
+        elif tile and tile > 1:
             dense, workers = TiledBlasDense(tile), _workers(len(lengths), held)
             held.enter_context(threads.single_threaded_blas())  # two BLAS threads would move rows in their tiles
         elif query and (blocks := _query_blocks(model, split=False)) is not None:
@@ -92,7 +98,7 @@ def plan(model, lengths, output):  # SentenceEncoder, tokens per text, one of OU
         seconds = time.perf_counter() - start
     if not numba:
         _spent_on_numpy(seconds)
-    if isinstance(dense, StreamingDense):
+    if isinstance(dense, (StreamingDense, NumbaDense)) and len(lengths) == 1 and lengths[0] <= SMALL_ROWS:
         _QUERY_TIMES.setdefault((model.config, model.dtype.str), QueryTimes()).record(dense.threads, seconds)
 
 
@@ -149,6 +155,20 @@ def row_tile(dtype):  # -> NumPy's BLAS's row tile for dtype (kernels/matmul.py)
         with threads.single_threaded_blas():
             _row_tiles[dtype] = blas_row_tile(dtype)
     return _row_tiles[dtype]
+
+
+_avx512 = []
+
+
+def cpu_has_avx512():  # does this CPU run AVX-512 (what the 512-bit vector kernels are written for)?
+    if not _avx512:
+        try:
+            with open("/proc/cpuinfo") as f:
+                flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+        except OSError:
+            flags = []
+        _avx512.append("avx512f" in flags)
+    return _avx512[0]
 
 
 def _query_blocks(model, split):  # -> {(K, N): BLAS's K blocks or None} for the model's matrices; None if none
@@ -233,7 +253,8 @@ _QUERY_TIMES = {}  # (EncoderConfig, dtype) -> QueryTimes: queries of one model 
 def describe(p):  # Plan -> one line, for the parity report and the tests
     if p.reference:
         return "reference (minibert/bert.py, NumPy, one text at a time)"
-    dense = p.dense.name + (f" x{p.dense.threads} threads" if isinstance(p.dense, StreamingDense) else "")
+    threads = isinstance(p.dense, (StreamingDense, NumbaDense)) and p.dense.threads > 1
+    dense = p.dense.name + (f" x{p.dense.threads} threads" if threads else "")
     return f"{p.kernels.name} kernels, {dense} dense layers, {p.workers} worker(s)" + (
         ", [CLS]-only last block" if p.first_token_only else ""
     )

@@ -8,7 +8,7 @@ import pytest
 
 import minibert
 from minibert import bert, engine, threads
-from minibert.engine import NUMBA_KERNELS, NUMPY_KERNELS, BlasDense, StreamingDense, TiledBlasDense
+from minibert.engine import NUMBA_KERNELS, NUMPY_KERNELS, BlasDense, NumbaDense, StreamingDense, TiledBlasDense
 from minibert.kernels.matmul import blas_k_blocks, blas_row_tile
 from minibert.plan import Plan
 
@@ -69,11 +69,12 @@ def every_plan(model, n_texts):  # -> {name: Plan}: each dense strategy valid on
             blocks = {s: blas_k_blocks(*s, model.dtype, n > 1) for s in shapes}
             assert any(b is not None for b in blocks.values())  # (a matrix without an order takes BLAS)
             dense[f"streaming x{n}"] = StreamingDense(n, blocks)
+    dense.update({"numba": NumbaDense(1), "numba x2": NumbaDense(2)})  # its rows are independent on any BLAS
     return {
         f"{k.name} kernels, {name}": Plan(False, k, d, 1, False, False)
         for k in (NUMBA_KERNELS, NUMPY_KERNELS)
         for name, d in dense.items()
-        if not (k is NUMPY_KERNELS and name.startswith("streaming"))
+        if not (k is NUMPY_KERNELS and name.startswith(("streaming", "numba")))
     }
 
 
@@ -105,14 +106,19 @@ def test_every_plan_gives_a_text_its_batch_bits(tmp_path, dtype):
     offsets = np.cumsum([0] + [len(x) for x in ids])
     with threads.single_threaded_blas():
         tile = blas_row_tile(model.dtype)
-    batch_plan = Plan(False, NUMBA_KERNELS, TiledBlasDense(tile) if tile > 1 else BlasDense(), 1, False, False)
-    in_batch = engine.forward(np.concatenate(ids), offsets, model.weights, model.config, batch_plan)[-1]
+    # Two families of sums: BLAS's (BLAS, its tiles, the streaming kernel that copies its order) and
+    # minibert's own matmul's. Within a family, a text gets the same bits alone or in a batch.
+    blas = Plan(False, NUMBA_KERNELS, TiledBlasDense(tile) if tile > 1 else BlasDense(), 1, False, False)
+    own = Plan(False, NUMBA_KERNELS, NumbaDense(1), 1, False, False)
+    in_batch = {p.dense.name: engine.forward(np.concatenate(ids), offsets, model.weights, model.config, p)[-1]
+                for p in (blas, own)}  # fmt: skip
     for b, x in enumerate(ids):
         for name, p in every_plan(model, 1).items():
             if p.kernels is NUMPY_KERNELS:
                 continue  # (the other family of kernels: the same bits but for rare elements)
             alone = engine.forward(x, np.array([0, len(x)]), model.weights, model.config, p)[-1]
-            np.testing.assert_array_equal(alone, in_batch[offsets[b] : offsets[b + 1]], err_msg=f"text {b}, {name}")
+            want = in_batch["numba" if isinstance(p.dense, NumbaDense) else blas.dense.name]
+            np.testing.assert_array_equal(alone, want[offsets[b] : offsets[b + 1]], err_msg=f"text {b}, {name}")
 
 
 def test_one_row_blas_matmul_has_gemm_bits():

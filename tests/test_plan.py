@@ -16,7 +16,7 @@ import pytest
 
 import minibert
 from minibert import plan, threads
-from minibert.engine import BlasDense, StreamingDense, TiledBlasDense
+from minibert.engine import BlasDense, NumbaDense, StreamingDense, TiledBlasDense
 from minibert.kernels import jit
 from minibert.kernels.matmul import blas_row_tile
 from minibert.parity.hf import default_texts
@@ -79,13 +79,17 @@ def test_numpy_path_gives_the_numba_paths_embeddings(minilm_dir):
         batch_numba = m.encode(TEXTS)
         states_numba = m.hidden_states(m.tokenize(TEXTS[:3]))
     np.testing.assert_array_equal(by_numba, batch_numba)  # the Numba path's own batch invariance
+    # Where both paths take BLAS for the dense layers, the mirrors give the kernels' bits for nearly
+    # every text; where Numba's path takes minibert's own matmul (NumbaDense), the two sum in other
+    # orders and agree within the batch-invariance bound only.
+    with plan.plan(m, [40, 40], "sentence_embedding") as p:
+        same_dense = p.kernels.name == "numba" and not isinstance(p.dense, NumbaDense)
     for a, b in ((by_numpy, by_numba), (batch_numpy, batch_numba)):
         assert max(rel_err(x, y) for x, y in zip(a, b)) <= 1e-6
-        assert (a == b).all(axis=1).mean() >= 0.9, (
-            "the NumPy mirrors should give the kernels' bits for nearly every text"
-        )
-    for a, b in zip(states_numpy, states_numba):
-        assert rel_err(a, b) <= 1e-6
+        if same_dense:
+            assert (a == b).all(axis=1).mean() >= 0.9, "the NumPy mirrors should give the kernels' bits"
+    for a, b in zip(states_numpy, states_numba):  # [layers + 1, tokens, hidden]: one row per token and layer
+        assert rel_err(a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])) <= 1e-6
 
 
 class FakeModel:  # what the planner reads of a model
@@ -145,7 +149,11 @@ def test_one_function_decides_each_call(tmp_path, monkeypatch):
             return p
 
     batch, long_one, query = decided(mean, [20, 9, 3]), decided(mean, [200]), decided(mean, [9])
-    if tile == 1:
+    if tile > 1 and plan.cpu_has_avx512():  # a BLAS without 512-bit kernels on a CPU with them: minibert's own
+        assert isinstance(batch.dense, NumbaDense) and batch.dense.threads == 1 and batch.workers == cores
+        assert isinstance(long_one.dense, NumbaDense) and long_one.workers == 1
+        assert isinstance(query.dense, NumbaDense) and query.dense.threads in (1, cores)
+    elif tile == 1:
         assert isinstance(batch.dense, BlasDense) and batch.workers == cores
         assert isinstance(long_one.dense, BlasDense) and long_one.workers == 1
         assert isinstance(query.dense, StreamingDense) and query.workers == 1 and query.dense.threads in (1, cores)
@@ -155,8 +163,8 @@ def test_one_function_decides_each_call(tmp_path, monkeypatch):
     assert not decided(cls, [20, 9], "token_embeddings").first_token_only  # token vectors need every token
     states = decided(mean, [5, 7], "hidden_states")
     assert states.all_layers and not states.first_token_only and not batch.all_layers
-    with plan.forced("numpy"):
-        assert isinstance(decided(mean, [9]).dense, BlasDense if tile == 1 else TiledBlasDense)  # streaming is Numba's
+    with plan.forced("numpy"):  # the streaming kernel and minibert's own matmul are Numba's
+        assert isinstance(decided(mean, [9]).dense, BlasDense if tile == 1 else TiledBlasDense)
     ref = minibert.load(write_model(tmp_path / "ref"), engine="reference")
     assert decided(ref, [20, 9]).reference and not batch.reference
     assert "reference" in plan.describe(decided(ref, [3])) and "kernels" in plan.describe(batch)
