@@ -41,8 +41,17 @@ def _map_checkout_folders():
 _map_checkout_folders()
 
 from . import util  # noqa: E402
+from .compat import SentenceTransformer  # noqa: E402
 from .errors import CheckpointError, MinibertError, UnsupportedModelError  # noqa: E402
 from .model import SentenceEncoder, load  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["load", "SentenceEncoder", "util", "MinibertError", "CheckpointError", "UnsupportedModelError"]
+__all__ = [
+    "load",
+    "SentenceEncoder",
+    "SentenceTransformer",
+    "util",
+    "MinibertError",
+    "CheckpointError",
+    "UnsupportedModelError",
+]

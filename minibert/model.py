@@ -10,6 +10,7 @@ call runs, minibert/engine.py runs it (or minibert/bert.py, with ``engine="refer
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Iterable, Sequence
@@ -103,6 +104,12 @@ class SentenceEncoder:
         self.pooling_modes, self.normalize = p.pooling_modes, p.normalize
         self.similarity_fn_name = p.similarity_fn_name
         self.dim = self.config.dim * len(self.pooling_modes)
+        # sentence-transformers' prompts: "query" and "document" always exist (empty unless the model
+        # has them), so encode_query never falls back to the default prompt.
+        self.prompts = {"query": "", "document": "", **p.prompts}
+        self.default_prompt_name = p.default_prompt_name
+        self.include_prompt = p.include_prompt
+        self._truncate_dim = None
 
     def __repr__(self) -> str:
         c = self.config
@@ -169,22 +176,147 @@ class SentenceEncoder:
 
     def encode(
         self,
-        sentences: str | Sequence[str],
+        sentences: str | Sequence[str] | None = None,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
         batch_size: int = 32,
         show_progress_bar: bool | None = None,
+        output_value: str | None = "sentence_embedding",
+        precision: str = "float32",
+        convert_to_numpy: bool = True,
+        convert_to_tensor: bool = False,
+        device: str | None = None,
         normalize_embeddings: bool = False,
-        output_value: str = "sentence_embedding",
+        truncate_dim: int | None = None,
+        pool: object = None,
+        chunk_size: int | None = None,
+        **kwargs,
     ):
-        """str -> [dim]; list[str] -> [n, dim]; output_value="token_embeddings" -> list of [n_i, D]."""
+        """str -> [dim]; list[str] -> [n, dim]; output_value="token_embeddings" -> list of [n_i, D].
+
+        The arguments are sentence-transformers' ``encode``'s, with its meaning: ``prompt`` (or the
+        ``prompt_name`` of one of ``self.prompts``) goes before every text; ``truncate_dim`` keeps
+        the first dimensions (then ``normalize_embeddings`` normalizes what is left); ``precision``
+        quantizes as ``util.quantize_embeddings``; ``convert_to_tensor`` returns a torch tensor
+        (torch is imported only then); ``output_value=None`` returns one dict per text."""
+        if sentences is None and "inputs" in kwargs:  # sentence-transformers' newer name for the first argument
+            sentences = kwargs.pop("inputs")
+        kwargs.pop("task", None)  # sentence-transformers routes a Router model by it; a BERT model has none
+        if kwargs:
+            raise ValueError(
+                f"encode() got keyword arguments minibert does not support: {', '.join(sorted(kwargs))} "
+                "(see the README's sentence-transformers table)"
+            )
         texts, single = _check_texts(sentences)
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if output_value not in OUTPUT_VALUES:
-            raise ValueError(f"output_value must be one of {', '.join(OUTPUT_VALUES)}, got {output_value!r}")
-        results = self._run(
-            self._tokenize(texts), output_value, batch_size, normalize_embeddings, bool(show_progress_bar)
-        )
-        return results[0] if single else results
+        if output_value not in (*OUTPUT_VALUES, None):
+            raise ValueError(f"output_value must be one of {', '.join(OUTPUT_VALUES)} or None, got {output_value!r}")
+        if precision not in util.PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(util.PRECISIONS)}, got {precision!r}")
+        if precision != "float32" and output_value is None:
+            raise ValueError(f"precision {precision!r} needs output_value 'sentence_embedding' or 'token_embeddings'")
+        check_device(device)
+        if pool is not None:
+            raise ValueError(
+                "encode(pool=...): multi-process pools are not supported; minibert runs one worker thread "
+                "per core itself (MINIBERT_NUM_THREADS)"
+            )
+        prompt = self._resolve_prompt(prompt, prompt_name)
+        truncate_dim = self.truncate_dim if truncate_dim is None else _check_truncate_dim(truncate_dim)
+        if truncate_dim is not None and truncate_dim >= self.dim:
+            truncate_dim = None
+        skip = 0  # prompt tokens left out of pooling (the pooling config's include_prompt: false)
+        if prompt:
+            texts = [prompt + t for t in texts]  # as sentence-transformers: the prompt, then the text
+            if not self.include_prompt:
+                skip = self.tokenizer.prompt_length(prompt)
+        ids = self._tokenize(texts)
+        progress = bool(show_progress_bar)
+        if output_value == "sentence_embedding" and not skip:
+            # Normalized in the workers when nothing is cut; after the cut otherwise (Matryoshka).
+            result = self._run(ids, output_value, batch_size, normalize_embeddings and truncate_dim is None, progress)
+            if truncate_dim is not None:
+                result = result[:, :truncate_dim]
+                if normalize_embeddings:
+                    result = util.normalize_embeddings(result).astype(self.dtype)
+        else:
+            tokens = self._run(ids, "token_embeddings", batch_size, progress=progress)
+            if output_value == "token_embeddings":
+                result = tokens
+            else:
+                pooled = self._pool_tokens(tokens, skip)[:, :truncate_dim]  # (a cut at None keeps all)
+                if output_value is None:
+                    result = [
+                        {
+                            "input_ids": x,
+                            "attention_mask": np.ones_like(x),
+                            "token_embeddings": t,
+                            "sentence_embedding": v,
+                            **({"prompt_length": self.tokenizer.prompt_length(prompt)} if prompt else {}),
+                        }
+                        for x, t, v in zip(ids, tokens, pooled)
+                    ]
+                else:
+                    result = util.normalize_embeddings(pooled).astype(self.dtype) if normalize_embeddings else pooled
+        if precision != "float32" and len(result):
+            result = util.quantize_embeddings(result, precision)
+        if output_value == "sentence_embedding":
+            if convert_to_tensor:
+                result = _torch().as_tensor(result)
+            elif not convert_to_numpy:
+                result = list(result)
+        return result[0] if single else result
+
+    def encode_query(self, sentences: str | Sequence[str] | None = None, prompt_name=None, prompt=None, **kwargs):
+        """``encode`` with the "query" prompt when no other is given (sentence-transformers' rule)."""
+        if prompt_name is None and prompt is None and "query" in self.prompts:
+            prompt_name = "query"
+        return self.encode(sentences, prompt_name=prompt_name, prompt=prompt, **kwargs)
+
+    def encode_document(self, sentences: str | Sequence[str] | None = None, prompt_name=None, prompt=None, **kwargs):
+        """``encode`` with the first of the "document", "passage", "corpus" prompts when no other is given."""
+        if prompt_name is None and prompt is None:
+            prompt_name = next((n for n in ("document", "passage", "corpus") if n in self.prompts), None)
+        return self.encode(sentences, prompt_name=prompt_name, prompt=prompt, **kwargs)
+
+    def _resolve_prompt(self, prompt, prompt_name):  # -> the prompt text to put before each text, or None
+        if prompt is not None:
+            if not isinstance(prompt, str):
+                raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+            return prompt
+        if prompt_name is not None:
+            if prompt_name not in self.prompts:
+                known = sorted(self.prompts)
+                raise ValueError(f"prompt_name {prompt_name!r} is not one of this model's prompts {known}")
+            return self.prompts[prompt_name]
+        if self.default_prompt_name is not None:
+            return self.prompts.get(self.default_prompt_name)
+        return None
+
+    def _pool_tokens(self, tokens, skip):  # n of [n_i, D], prompt tokens to leave out -> [n, dim]
+        """Pooling as sentence-transformers' does it when a prompt is left out of it: [CLS] is then
+        the first token after the prompt, and weighted mean keeps each token's place in the text."""
+        out = np.empty((len(tokens), self.dim), dtype=self.dtype)
+        for i, h in enumerate(tokens):
+            if len(h) <= skip:
+                raise ValueError(
+                    f"sentences[{i}]: the prompt fills all its {len(h)} tokens (max_seq_length {self.max_seq_length}),"
+                    " and the pooling config leaves prompt tokens out: nothing is left to pool"
+                )
+            rest = h[skip:]
+            parts = []
+            for mode in self.pooling_modes:
+                if mode == "weightedmean":
+                    w = np.arange(skip + 1, len(h) + 1, dtype=h.dtype)
+                    parts.append(w @ rest / w.sum())
+                elif mode == "lasttoken":
+                    parts.append(h[-1])
+                else:
+                    parts.append(bert.pool(rest, mode))
+            v = np.concatenate(parts)
+            out[i] = bert.normalize(v) if self.normalize else v
+        return out
 
     def _run(self, ids, output, batch_size, normalize=False, progress=False):  # list of [n_i] -> results in input order
         # Longest first, like sentence-transformers; packing means order affects speed only.
@@ -289,6 +421,41 @@ class SentenceEncoder:
     def similarity(self, a, b) -> np.ndarray:  # [n_a, dim], [n_b, dim] -> [n_a, n_b] with the model's own score
         return util.SIMILARITY[self.similarity_fn_name](a, b)
 
+    def similarity_pairwise(self, a, b) -> np.ndarray:  # [n, dim], [n, dim] -> [n]: the score of a[i] and b[i]
+        return util.PAIRWISE[self.similarity_fn_name](a, b)
+
+    @property
+    def similarity_fn_name(self) -> str:  # "cosine", "dot", "euclidean" or "manhattan"
+        return self._similarity_fn_name
+
+    @similarity_fn_name.setter
+    def similarity_fn_name(self, value: str) -> None:
+        value = getattr(value, "value", value)  # sentence-transformers' SimilarityFunction enum
+        if value not in util.SIMILARITY:
+            raise ValueError(f"similarity_fn_name must be one of {', '.join(util.SIMILARITY)}, got {value!r}")
+        self._similarity_fn_name = value
+
+    @property
+    def truncate_dim(self) -> int | None:  # encode keeps this many dimensions (Matryoshka); None: all
+        return self._truncate_dim
+
+    @truncate_dim.setter
+    def truncate_dim(self, value: int | None) -> None:
+        self._truncate_dim = None if value is None else _check_truncate_dim(value)
+
+    @contextlib.contextmanager
+    def truncate_embeddings(self, truncate_dim: int | None):  # with model.truncate_embeddings(64): ...
+        before, self.truncate_dim = self.truncate_dim, truncate_dim
+        try:
+            yield
+        finally:
+            self._truncate_dim = before
+
+    def get_embedding_dimension(self) -> int:  # the width of encode's sentence embeddings
+        return self.dim if self.truncate_dim is None else min(self.dim, self.truncate_dim)
+
+    get_sentence_embedding_dimension = get_embedding_dimension  # sentence-transformers' older name
+
 
 def _deal(items, n):  # list, int -> n lists: items dealt to n hands in a snake order, 0..n-1 then n-1..0
     hands = [[] for _ in range(n)]
@@ -296,6 +463,33 @@ def _deal(items, n):  # list, int -> n lists: items dealt to n hands in a snake 
         row, col = divmod(pos, n)
         hands[col if row % 2 == 0 else n - 1 - col].append(item)
     return hands
+
+
+def _check_truncate_dim(value):  # -> a positive int, or a clear error
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"truncate_dim must be a positive integer or None, got {value!r}")
+    return int(value)
+
+
+def check_device(device):  # minibert runs on the CPU; say so for any other device
+    if device is None:
+        return
+    name = str(device)
+    if isinstance(device, (list, tuple)):
+        raise ValueError(f"device={device!r}: multi-process encoding is not supported; minibert uses threads")
+    if name.split(":")[0] != "cpu":
+        raise ValueError(f"device {name!r} is not supported: minibert runs on the CPU only (device='cpu')")
+
+
+def _torch():  # torch, for convert_to_tensor only
+    try:
+        import torch
+    except ImportError:
+        raise ImportError(
+            "convert_to_tensor=True needs torch, which minibert does not require; install it, or use the "
+            "NumPy array minibert returns by default"
+        ) from None
+    return torch
 
 
 def _compute_dtype(dtype):  # "float32" | np.float32 | ... -> np.dtype, or a clear error
@@ -319,6 +513,13 @@ def _tokenizer_max_length(model_dir):  # tokenizer_config.json's model_max_lengt
     return int(value) if isinstance(value, (int, float)) and 2 <= value < 1e6 else None
 
 
+def resolve_model(name_or_path, revision=None, cache_dir=None, local_files_only=False, token=None):  # -> ResolvedModel
+    """Find a model: a local directory, the Hugging Face cache, an installed copy, then the hub."""
+    if local_files_only or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        local_files_only = True
+    return resolve(name_or_path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token)
+
+
 def load(
     name_or_path: str | os.PathLike = DEFAULT_MODEL,
     *,
@@ -335,7 +536,5 @@ def load(
     for reading and debugging)."""
     _compute_dtype(dtype)  # fail before any download
     _engine_name(engine)
-    if local_files_only or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        local_files_only = True
-    found = resolve(name_or_path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
+    found = resolve_model(name_or_path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
     return SentenceEncoder(found.path, dtype=dtype, source=found.source, engine=engine)

@@ -73,16 +73,21 @@ def from_packages(repo_id):  # str -> ResolvedModel | None
     return None
 
 
-def from_hub(repo_id, revision=None, cache_dir=None, local_files_only=False):  # -> ResolvedModel | raises
+def from_hub(repo_id, revision=None, cache_dir=None, local_files_only=False, token=None):  # -> ResolvedModel | raises
     from huggingface_hub import snapshot_download  # imported here: it costs ~0.2 s of start-up
 
     path = snapshot_download(
-        repo_id, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, allow_patterns=HUB_FILES
+        repo_id,
+        revision=revision,
+        cache_dir=cache_dir,
+        local_files_only=local_files_only,
+        allow_patterns=HUB_FILES,
+        token=token,
     )
     return ResolvedModel(Path(path), f"Hugging Face hub {repo_id} (files in {path})")
 
 
-def resolve(name_or_path, revision=None, cache_dir=None, local_files_only=False):  # -> ResolvedModel
+def resolve(name_or_path, revision=None, cache_dir=None, local_files_only=False, token=None):  # -> ResolvedModel
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise TypeError(f"model must be a directory or a hub id (str), got {type(name_or_path).__name__}")
     name = os.fspath(name_or_path)
@@ -99,7 +104,7 @@ def resolve(name_or_path, revision=None, cache_dir=None, local_files_only=False)
     # Offline first: the user's HF cache, then a copy shipped by an installed package, and only
     # then the network (a machine with no route to the hub would otherwise wait on time-outs).
     try:
-        return from_hub(repo_id, revision, cache_dir, local_files_only=True)
+        return from_hub(repo_id, revision, cache_dir, local_files_only=True, token=token)
     except Exception as cache_error:
         first_error = cache_error
     packaged = from_packages(repo_id) if revision is None else None
@@ -107,7 +112,7 @@ def resolve(name_or_path, revision=None, cache_dir=None, local_files_only=False)
         return packaged
     if not local_files_only:
         try:
-            return from_hub(repo_id, revision, cache_dir, local_files_only=False)
+            return from_hub(repo_id, revision, cache_dir, local_files_only=False, token=token)
         except Exception as hub_error:
             first_error = hub_error
     hint = ""

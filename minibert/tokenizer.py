@@ -198,5 +198,10 @@ class WordPieceTokenizer:
                                      f"({type(err).__name__}: {str(err)[:200]})") from None  # fmt: skip
             raise ValueError(f"the tokenizer in {self.path} fails on this batch ({str(e)[:200]})") from None
 
+    def prompt_length(self, prompt):  # str -> the tokens a prompt puts before a text, [CLS] included
+        """As sentence-transformers counts them: the prompt tokenized alone, less its trailing [SEP]."""
+        e = self._encode_batch([prompt.strip()])[0]
+        return len(e.ids) - (1 if e.ids and e.special_tokens_mask[-1] else 0)
+
     def tokens(self, text):  # str -> list[str], for display
         return self.tok.encode(text.strip()).tokens

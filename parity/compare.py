@@ -161,8 +161,7 @@ def compare(model, texts, ref, progress=lambda msg: None):
         "minibert_max_rel": one_rel,
         "vs_batched_max_rel": rel_err(one, emb)[1],
         "pass": one_rel <= oracle_report["allowed_rel"],
-        # 1: BLAS gives a row the same bits anywhere; above 1, texts are laid out on tiles
-        "blas_row_tile": plan.row_tile(model.dtype),
+        "plan": _describe(model, [len(t) for t in model.tokenize(texts[:1])] or [8]),
     }
     with plan.forced("numpy"):  # the path a process takes before Numba starts (minibert/plan.py)
         by_numpy = np.stack([model.encode(t) for t in texts]) if texts else emb
@@ -207,3 +206,8 @@ def compare(model, texts, ref, progress=lambda msg: None):
         "first_failing_layer": bad_layer["layer"] if bad_layer else None,
         "pass": not failures,
     }
+
+
+def _describe(model, lengths):  # -> how minibert/plan.py runs a call of these lengths on Numba, in words
+    with plan.forced("numba"), plan.plan(model, lengths, "sentence_embedding") as p:
+        return plan.describe(p)

@@ -58,9 +58,9 @@ def format_report(r):  # report dict -> readable table
         f"{o['minibert_max_rel']:.2e} rel,"
         f" torch {o['torch_max_abs']:.2e} abs / {o['torch_max_rel']:.2e} rel -> closer: {o['closer']}",
         f"one per call minibert {e['one_at_a_time']['minibert_max_rel']:.2e} rel from float64"
-        f" ({e['one_at_a_time']['vs_batched_max_rel']:.2e} from its batched result; BLAS row tile"
-        f" {e['one_at_a_time'].get('blas_row_tile', 1) or 'not found'})"
+        f" ({e['one_at_a_time']['vs_batched_max_rel']:.2e} from its batched result)"
         f"  {'ok' if e['one_at_a_time']['pass'] else 'FAIL'}",
+        f"             one text runs on: {e['one_at_a_time'].get('plan', '?')}",
         f"NumPy path  minibert {e['numpy_path']['minibert_max_rel']:.2e} rel from float64"
         f" ({e['numpy_path']['vs_numba_max_rel']:.2e} from the Numba path; {e['numpy_path']['texts_identical']}"
         f" of {r['texts']} texts the same bits)  {'ok' if e['numpy_path']['pass'] else 'FAIL'}",
