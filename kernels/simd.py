@@ -11,10 +11,13 @@ it out. So these intrinsics give Numba code a value that *is* one register:
     v = vsplat(s)                [s, s, ..., s]
     v = vzero(a)                 [0, 0, ..., 0] of a's dtype
     v = vfma(a, b, c)            a * b + c in each lane, one rounding (a fused multiply-add)
+    v = vdpbusd(acc, a, b)       int32 lanes: acc + the dot product of a's 4 bytes (unsigned) and
+                                 b's 4 bytes (signed) in each lane, exact (AVX-512 VNNI's vpdpbusd)
+    v = vdequant(acc, s, z, c, t) (float32(acc) * s + z * c) * t per lane: int32 sums back to float32
     s = fma(a, b, c)             the same for scalars (never left to the compiler's contraction)
     prefetch_l2(a, i, j)         a hint: start loading the cache line of a[i, j] into L2
 
-A vector is 64 bytes: 16 float32 or 8 float64, one AVX-512 register (where a CPU has only 256-bit
+A vector is 64 bytes: 16 float32, 8 float64 or 16 int32, one AVX-512 register (where a CPU has only 256-bit
 registers LLVM splits each into two: the same results, with fewer registers to hold them).
 ``vload``/``vstore`` assume a row's elements are adjacent (unit stride), which the caller checks.
 """
@@ -22,7 +25,7 @@ registers LLVM splits each into two: the same results, with fewer registers to h
 from .jit import intrinsic
 
 VECTOR_BYTES = 64
-LANES = {"float32": 16, "float64": 8}  # elements per vector
+LANES = {"float32": 16, "float64": 8, "int32": 16}  # elements per vector
 
 _vector_types = {}  # dtype name -> Numba type, made once Numba has started (kernels/jit.py)
 
@@ -40,7 +43,7 @@ def vector_of(dtype):  # Numba scalar type (float32 or float64) -> the Numba typ
             def __init__(self):
                 super().__init__(name=f"{name}x{LANES[name]}")
 
-        element = ir.FloatType() if name == "float32" else ir.DoubleType()
+        element = {"float32": ir.FloatType(), "float64": ir.DoubleType(), "int32": ir.IntType(32)}[name]
         llvm_type = ir.VectorType(element, LANES[name])
 
         @register_model(Vector)
@@ -49,7 +52,7 @@ def vector_of(dtype):  # Numba scalar type (float32 or float64) -> the Numba typ
                 super().__init__(dmm, fe_type, llvm_type)
 
         vector = Vector()
-        vector.element, vector.llvm_type = dtype, llvm_type
+        vector.element, vector.llvm_type = getattr(types, name), llvm_type
         _vector_types[name] = vector
     return _vector_types[name]
 
@@ -131,7 +134,8 @@ def vzero(typingctx, a):  # [R, C] -> a vector of zeros of a's dtype
     def codegen(context, builder, sig, args):
         from llvmlite import ir
 
-        return ir.Constant(vector.llvm_type, [0.0] * vector.llvm_type.count)
+        zero = 0 if vector.element.name == "int32" else 0.0
+        return ir.Constant(vector.llvm_type, [zero] * vector.llvm_type.count)
 
     return vector(a), codegen
 
@@ -192,3 +196,38 @@ def prefetch_l2(typingctx, a, i, j):  # [R, C], int, int -> None: a hint, never 
         return context.get_dummy_value()
 
     return types.none(a, i, j), codegen
+
+
+@intrinsic
+def vdpbusd(typingctx, acc, a, b):  # int32 vectors x3 -> acc + sum of u8(a) * s8(b) over each lane's 4 bytes
+    """vpdpbusd: only for a CPU with AVX-512 VNNI (the planner checks; elsewhere LLVM cannot emit it)."""
+    i32 = vector_of("int32")
+    if acc != i32 or a != i32 or b != i32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        from llvmlite import ir
+        from numba.core import cgutils
+
+        t = i32.llvm_type
+        f = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(t, [t, t, t]), "llvm.x86.avx512.vpdpbusd.512"
+        )
+        return builder.call(f, args)
+
+    return i32(acc, a, b), codegen
+
+
+@intrinsic
+def vdequant(typingctx, acc, s, z, c, t):  # int32 vector, float32 vectors x4 -> (float32(acc) * s + z * c) * t
+    i32, f32 = vector_of("int32"), vector_of("float32")
+    if acc != i32 or not s == z == c == t == f32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        # Plain IR multiplies and adds, never contracted to FMAs: the NumPy twin rounds each step.
+        a, s_, z_, c_, t_ = args
+        scaled = builder.fmul(builder.sitofp(a, f32.llvm_type), s_)
+        return builder.fmul(builder.fadd(scaled, builder.fmul(z_, c_)), t_)
+
+    return f32(acc, s, z, c, t), codegen

@@ -10,7 +10,9 @@ width, L layers. Weights are the arrays of ``minibert/weights.py`` (``EncoderWei
         x = LN(x + FeedForward(x))                                   feed-forward sublayer
     embedding = normalize(pool(x))                                   sentence-transformers' recipe
 
-DistilBERT is the same computation with other tensor names and no token-type table. One text at
+DistilBERT is the same computation with other tensor names and no token-type table. With
+``precision="int8"`` each W is an int8 matrix (kernels/int8.py) and ``x @ W`` is ``int8_linear``
+below; everything else stays float32. One text at
 a time, no padding, no engine: this file is the oracle that the fast engine (``minibert/engine.py``,
 the same blocks on packed batches) is tested against, and ``minibert.load(M, engine="reference")``
 runs a real checkpoint through it, so that a reader can step through it in a debugger.
@@ -87,6 +89,25 @@ def hidden_states(ids, w, cfg):  # [T] -> [L + 1, T, D]: the embeddings, then ev
     for lw in w.layers:
         states.append(encoder_block(states[-1], lw, cfg))
     return np.stack(states)
+
+
+# ------------------------------------------------------------------ int8 dense layers
+
+
+def quantize_rows(x):  # [T, K] -> [T, K] uint8, [T], [T]: each token's values in 255 steps from its minimum
+    low = x.min(axis=-1)
+    step = (x.max(axis=-1) - low) / np.float32(255)
+    u = np.rint((x - low[:, None]) / np.where(step > 0, step, np.float32(1))[:, None])
+    return np.clip(u, 0, 255).astype(np.uint8), step, low  # x ~ u * step + low
+
+
+def int8_linear(x, q, scale, colsum):  # [T, K], [K, N] int8, [N], [N] -> [T, N]: x @ W in 8 bits
+    """W was quantized once, per output column (W ~ q * scale; colsum = sum_k q[k, n]); x is
+    quantized per token as it comes (x ~ u * step + low). The products are summed as integers,
+    exactly, and scaled back to float32 once: x @ W ~ (u @ q * step + low * colsum) * scale."""
+    u, step, low = quantize_rows(x)
+    acc = (u.astype(np.int64) @ q.astype(np.int64)).astype(np.float32)
+    return (acc * step[:, None] + low[:, None] * colsum) * scale
 
 
 # ------------------------------------------------------------------ from token vectors to one vector

@@ -36,6 +36,7 @@ from minibert.kernels import (
     softmax_rows_numpy,
 )
 from minibert.kernels.activations import ACTIVATIONS
+from minibert.kernels.int8 import int8_matmul, int8_matmul_numpy
 from minibert.kernels.matmul import matmul_batch, matmul_batch_split, matmul_rows, matmul_rows_split
 from minibert.threads import single_threaded_blas
 
@@ -125,6 +126,21 @@ class NumbaDense:
         if self.threads == 1:
             return matmul_batch(x, w)
         return matmul_batch_split(x, w, self.threads)  # the same bits as on one thread
+
+
+@dataclass(frozen=True)
+class Int8Dense:
+    """x @ W in int8 (kernels/int8.py): W quantized at load, each token row of x as it comes, the
+    products summed exactly in int32 by AVX-512 VNNI (``vnni``) or, on any other CPU, in float64
+    by BLAS (exact for integers this small). Exact sums: the same bits either way, alone or in any
+    batch, on any number of threads."""
+
+    threads: int  # 1 in a batch's workers; the cores, for one text alone
+    vnni: bool  # the VNNI kernel (Numba started, the CPU has it) or the NumPy twin
+    name = "int8"
+
+    def __call__(self, x, w, offsets):  # [N, in], Int8Matrix [in, out], [B + 1] -> [N, out]
+        return int8_matmul(x, w, self.threads) if self.vnni else int8_matmul_numpy(x, w)
 
 
 # ------------------------------------------------------------------ the model, block for block

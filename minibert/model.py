@@ -25,7 +25,7 @@ from .pipeline import read_pipeline
 from .plan import plan
 from .sources import DEFAULT_MODEL, resolve
 from .tokenizer import WordPieceTokenizer
-from .weights import load_encoder_weights
+from .weights import int8_weights, load_encoder_weights
 
 _DTYPES = {"float32": np.float32, "float64": np.float64}
 ENGINES = ("fast", "reference")
@@ -57,10 +57,16 @@ class SentenceEncoder:
     """A loaded BERT/DistilBERT sentence-transformers model. Build it with ``minibert.load``."""
 
     def __init__(
-        self, path: str | os.PathLike, dtype: str = "float32", source: str | None = None, engine: str = "fast"
+        self,
+        path: str | os.PathLike,
+        dtype: str = "float32",
+        source: str | None = None,
+        engine: str = "fast",
+        precision: str = "float32",
     ):
         self.dtype = _compute_dtype(dtype)
         self.engine = _engine_name(engine)
+        self.precision = _model_precision(precision, self.dtype)
         self.path, self.source = Path(path), source or f"local directory {path}"
         self.pipeline = read_pipeline(self.path)
         tdir = self.pipeline.transformer_dir
@@ -89,6 +95,8 @@ class SentenceEncoder:
                 f"the encoder makes {self.config.dim}"
             )
         self.weights = load_encoder_weights(weights_path, self.config, self.dtype)
+        if self.precision == "int8":
+            self.weights = int8_weights(self.weights)
         stat = weights_path.stat()  # load_encoder_weights checked that the file did not change while it read it
         self._weights_stat = (stat.st_size, stat.st_mtime_ns)
         # sentence-transformers: max_seq_length from sentence_bert_config.json, else the tokenizer's
@@ -116,7 +124,7 @@ class SentenceEncoder:
         return (
             f"SentenceEncoder({c.arch}, {c.n_layers} x {c.dim}, pooling={'+'.join(self.pooling_modes)}, "
             f"normalize={self.normalize}, score={self.similarity_fn_name}, max_seq_length={self.max_seq_length}, "
-            f"dtype={self.dtype.name}, engine={self.engine}, from {self.source})"
+            f"dtype={self.dtype.name}, precision={self.precision}, engine={self.engine}, from {self.source})"
         )
 
     @property
@@ -415,6 +423,8 @@ class SentenceEncoder:
             for chunk in iter(lambda: f.read(1 << 22), b""):
                 h.update(chunk)
         settings = (self.dtype.name, self.engine, self.max_seq_length, self.pooling_modes, self.normalize)
+        if self.precision != "float32":  # (so that a float32 model's fingerprint stays what it was)
+            settings += (self.precision,)
         h.update(repr(settings).encode())
         return h.hexdigest()
 
@@ -492,6 +502,17 @@ def _torch():  # torch, for convert_to_tensor only
     return torch
 
 
+MODEL_PRECISIONS = ("float32", "int8")
+
+
+def _model_precision(precision, dtype):  # -> "float32" | "int8", or a clear error
+    if precision not in MODEL_PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(map(repr, MODEL_PRECISIONS))}, got {precision!r}")
+    if precision == "int8" and dtype != np.float32:
+        raise ValueError("precision='int8' runs the rest of the model in float32; it cannot go with dtype='float64'")
+    return precision
+
+
 def _compute_dtype(dtype):  # "float32" | np.float32 | ... -> np.dtype, or a clear error
     try:
         name = np.dtype(dtype).name if dtype is not None else None
@@ -528,13 +549,16 @@ def load(
     local_files_only: bool = False,
     dtype: str = "float32",
     engine: str = "fast",
+    precision: str = "float32",
 ) -> SentenceEncoder:
     """Load a sentence-transformers BERT/DistilBERT model from a directory or a hub id.
 
-    ``dtype``: "float32" or "float64" (the whole encoder in that precision). ``engine``: "fast"
+    ``dtype``: "float32" or "float64" (the whole encoder in that precision). ``precision``:
+    "int8" runs the dense layers in int8 (weights quantized at load, tokens as they come; faster
+    on a CPU with AVX-512 VNNI, at a cost the parity suite measures). ``engine``: "fast"
     (minibert/engine.py) or "reference" (minibert/bert.py: plain NumPy, one text at a time, slow;
     for reading and debugging)."""
-    _compute_dtype(dtype)  # fail before any download
+    _model_precision(precision, _compute_dtype(dtype))  # fail before any download
     _engine_name(engine)
     found = resolve_model(name_or_path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
-    return SentenceEncoder(found.path, dtype=dtype, source=found.source, engine=engine)
+    return SentenceEncoder(found.path, dtype=dtype, source=found.source, engine=engine, precision=precision)

@@ -10,7 +10,9 @@ rules, each with its reason:
    once short calls have spent ``NUMPY_SECONDS`` on NumPy, about Numba's start-up (renting skis
    until the rent paid equals the price is never worse than twice the best choice in hindsight).
    ``MINIBERT_NUMBA=1`` starts Numba at the first call, ``0`` never.
-3. The dense layers. A BLAS whose row bits depend on the row's place in a tile (OpenBLAS's AVX2
+3. The dense layers. A model loaded with ``precision="int8"`` takes the int8 strategy: the VNNI
+   kernel on Numba on a CPU that has AVX-512 VNNI, else its NumPy twin (the same exact integer
+   sums, by BLAS in float64). For float32, a BLAS whose row bits depend on the row's place in a tile (OpenBLAS's AVX2
    kernels) is also one that does not use 512-bit vectors: on a CPU that has them, minibert's own
    matmul is faster, and its rows never depend on each other, so every call on Numba takes it;
    without Numba, or on a CPU without AVX-512, each text is laid out on the BLAS's tiles, on one
@@ -24,7 +26,8 @@ rules, each with its reason:
 6. [CLS] pooling alone reads one token per text: the last block carries only those.
 
 Any of these choices gives a text the same embedding bits (the engine's strategies are built so),
-but for the NumPy mirrors, which differ in the last bit of rare elements.
+but for the NumPy mirrors, which differ in the last bit of rare elements, and for the precision,
+which is the model's.
 """
 
 import contextlib
@@ -39,7 +42,16 @@ from minibert.kernels import jit
 from minibert.kernels.matmul import blas_k_blocks, blas_row_tile
 
 from . import threads
-from .engine import NUMBA_KERNELS, NUMPY_KERNELS, BlasDense, Kernels, NumbaDense, StreamingDense, TiledBlasDense
+from .engine import (
+    NUMBA_KERNELS,
+    NUMPY_KERNELS,
+    BlasDense,
+    Int8Dense,
+    Kernels,
+    NumbaDense,
+    StreamingDense,
+    TiledBlasDense,
+)
 
 NUMPY_CALL_TOKENS = 64  # a call of up to this many tokens may run on NumPy while Numba is not started
 NUMPY_SECONDS = 0.3  # ... until such calls have taken this long in total (about Numba's start-up)
@@ -53,7 +65,7 @@ OUTPUTS = ("sentence_embedding", "token_embeddings", "hidden_states")
 class Plan:
     reference: bool  # run minibert/bert.py (engine="reference"): none of the fields below apply
     kernels: Kernels  # the per-token steps: Numba's kernels, or their NumPy mirrors
-    dense: object  # how x @ W runs: engine.BlasDense, TiledBlasDense or StreamingDense
+    dense: object  # how x @ W runs: engine.BlasDense, TiledBlasDense, StreamingDense, NumbaDense or Int8Dense
     workers: int  # threads sharing the call's texts (1: all on the calling thread)
     first_token_only: bool  # the last block carries only each text's first token ([CLS] pooling)
     all_layers: bool  # keep every layer's output (hidden_states), not only the last
@@ -80,7 +92,11 @@ def plan(model, lengths, output):  # SentenceEncoder, tokens per text, one of OU
     query = numba and len(lengths) == 1 and lengths[0] <= SMALL_ROWS
     with contextlib.ExitStack() as held:
         tile = row_tile(model.dtype)
-        if numba and tile and tile > 1 and cpu_has_avx512():
+        if model.precision == "int8":
+            vnni = numba and cpu_has("avx512_vnni")
+            n = _query_threads(model, held) if vnni and len(lengths) == 1 else 1
+            dense, workers = Int8Dense(n, vnni), _workers(len(lengths), held)
+        elif numba and tile and tile > 1 and cpu_has("avx512f"):
             n = _query_threads(model, held) if len(lengths) == 1 else 1
             dense, workers = NumbaDense(n), _workers(len(lengths), held)
         elif tile and tile > 1:
@@ -98,8 +114,8 @@ def plan(model, lengths, output):  # SentenceEncoder, tokens per text, one of OU
         seconds = time.perf_counter() - start
     if not numba:
         _spent_on_numpy(seconds)
-    if isinstance(dense, (StreamingDense, NumbaDense)) and len(lengths) == 1 and lengths[0] <= SMALL_ROWS:
-        _QUERY_TIMES.setdefault((model.config, model.dtype.str), QueryTimes()).record(dense.threads, seconds)
+    if isinstance(dense, (StreamingDense, NumbaDense, Int8Dense)) and len(lengths) == 1 and lengths[0] <= SMALL_ROWS:
+        _query_times(model).record(dense.threads, seconds)
 
 
 @contextlib.contextmanager
@@ -157,18 +173,18 @@ def row_tile(dtype):  # -> NumPy's BLAS's row tile for dtype (kernels/matmul.py)
     return _row_tiles[dtype]
 
 
-_avx512 = []
+_cpu_flags = []
 
 
-def cpu_has_avx512():  # does this CPU run AVX-512 (what the 512-bit vector kernels are written for)?
-    if not _avx512:
+def cpu_has(flag):  # does this CPU have an instruction set, e.g. "avx512f", "avx512_vnni" (/proc/cpuinfo)?
+    if not _cpu_flags:
         try:
             with open("/proc/cpuinfo") as f:
                 flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
         except OSError:
             flags = []
-        _avx512.append("avx512f" in flags)
-    return _avx512[0]
+        _cpu_flags.append(frozenset(flags))
+    return flag in _cpu_flags[0]
 
 
 def _query_blocks(model, split):  # -> {(K, N): BLAS's K blocks or None} for the model's matrices; None if none
@@ -194,7 +210,7 @@ def _query_threads(model, held):  # -> threads to split one query's matmuls over
     n = threads.n_workers()
     if n == 1 or not threads.split_allowed():
         return 1
-    if not _QUERY_TIMES.setdefault((model.config, model.dtype.str), QueryTimes()).split_pays():
+    if not _query_times(model).split_pays():
         return 1
     if not held.enter_context(threads.split_query()):
         return 1  # another query holds the split: run this one on its own thread
@@ -247,7 +263,11 @@ class QueryTimes:
                 self.splitting, self.wait = False, 0
 
 
-_QUERY_TIMES = {}  # (EncoderConfig, dtype) -> QueryTimes: queries of one model shape cost alike
+def _query_times(model):  # -> the QueryTimes of this model's queries
+    return _QUERY_TIMES.setdefault((model.config, model.dtype.str, model.precision), QueryTimes())
+
+
+_QUERY_TIMES = {}  # (EncoderConfig, dtype, precision) -> QueryTimes: queries of one model shape cost alike
 
 
 def describe(p):  # Plan -> one line, for the parity report and the tests

@@ -192,6 +192,26 @@ class EncoderWeights:
     layers: list  # [L] LayerWeights
 
 
+def int8_weights(w):  # EncoderWeights (float32) -> the same with every block's four matrices in int8
+    """precision="int8": the dense layers' matrices quantized once, here (kernels/int8.py); the
+    embeddings, biases and layer norms stay float32."""
+    from dataclasses import replace
+
+    from minibert.kernels.int8 import int8_matrix
+
+    layers = [
+        replace(
+            lw,
+            qkv_w=int8_matrix(lw.qkv_w),
+            attn_out_w=int8_matrix(lw.attn_out_w),
+            ffn_in_w=int8_matrix(lw.ffn_in_w),
+            ffn_out_w=int8_matrix(lw.ffn_out_w),
+        )
+        for lw in w.layers
+    ]
+    return replace(w, layers=layers)
+
+
 # Tensor names inside one block, relative to its prefix, per architecture.
 _LAYER_NAMES = {
     "bert": dict(

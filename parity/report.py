@@ -8,6 +8,7 @@ from pathlib import Path
 
 from . import hf
 from .compare import collect_reference, compare
+from .precision import compare_precision, format_precision_report
 
 
 def read_texts(path):  # .txt (one text per line) or .json (a list of strings) -> list[str]
@@ -91,7 +92,15 @@ def main(argv=None):
     ap.add_argument("--texts", help=".txt (one text per line) or .json (list of strings); default: the suite's own set")
     ap.add_argument("--json", dest="json_out", metavar="OUT", help="also write the full report as JSON")
     ap.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    ap.add_argument(
+        "--precision",
+        choices=["float32", "int8"],
+        default="float32",
+        help="int8: what minibert's int8 dense layers cost, against its float32 and the float64 oracle",
+    )
     args = ap.parse_args(argv)
+    if args.precision != "float32" and args.dtype != "float32":
+        raise SystemExit("parity: --precision int8 compares against float32; leave --dtype at float32")
     warnings.filterwarnings("ignore")
     import minibert
 
@@ -104,8 +113,14 @@ def main(argv=None):
         raise SystemExit(f"parity: {e}") from None
     progress = lambda m: print(f"... {m}", file=sys.stderr, flush=True)
     ref = collect_reference(model.path, texts, args.dtype, progress)
-    report = compare(model, texts, ref, progress)
-    print(format_report(report))
+    if args.precision != "float32":
+        progress(f"minibert in {args.precision} and in float32")
+        reduced = minibert.load(model.path, precision=args.precision)
+        report = compare_precision(reduced, model, texts, ref)
+        print(format_precision_report(report))
+    else:
+        report = compare(model, texts, ref, progress)
+        print(format_report(report))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(report, indent=2))
     return 0 if report["pass"] else 1

@@ -71,6 +71,9 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--no-st", action="store_true", help="skip sentence-transformers even if installed")
     ap.add_argument("--json", dest="json_out", metavar="OUT")
+    ap.add_argument(
+        "--precision", choices=["float32", "int8"], default="float32", help="int8: also score minibert int8"
+    )
     args = ap.parse_args(argv)
     import minibert
 
@@ -86,6 +89,14 @@ def main(argv=None):
         "pairs": len(gold),
         "minibert": {"spearman_x100": 100 * spearman(cosine_pairs(e1, e2), gold), "seconds": time.perf_counter() - t},
     }
+    if args.precision != "float32":
+        reduced = minibert.load(model.path, precision=args.precision)
+        t = time.perf_counter()
+        r1, r2 = reduced.encode(s1, batch_size=args.batch_size), reduced.encode(s2, batch_size=args.batch_size)
+        results[f"minibert_{args.precision}"] = {
+            "spearman_x100": 100 * spearman(cosine_pairs(r1, r2), gold),
+            "seconds": time.perf_counter() - t,
+        }
     if not args.no_st:
         try:
             from . import hf
@@ -101,7 +112,7 @@ def main(argv=None):
                 "seconds": time.perf_counter() - t,
             }
     print(f"STS Benchmark test, {len(gold)} pairs, Spearman x100 of cosine similarity: {args.model}")
-    for name in ("minibert", "sentence_transformers"):
+    for name in ("minibert", f"minibert_{args.precision}", "sentence_transformers"):
         if name in results:
             r = results[name]
             print(f"  {name:<22} {r['spearman_x100']:6.2f}   ({r['seconds']:.1f} s to embed)")

@@ -556,7 +556,7 @@ def test_a_query_on_busy_cores_falls_back_to_one_thread(tiny, monkeypatch):
         return seen[0]
 
     assert threads_of_next_query() == 2
-    times = plan._QUERY_TIMES[(m.config, m.dtype.str)]
+    times = plan._query_times(m)
     for _ in range(3):
         times.record(2, 100 * times.best_split)  # as if the other core were busy
     assert threads_of_next_query() == 1

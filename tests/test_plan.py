@@ -95,6 +95,7 @@ def test_numpy_path_gives_the_numba_paths_embeddings(minilm_dir):
 class FakeModel:  # what the planner reads of a model
     def __init__(self, pooling_modes=("mean",), engine="fast"):
         self.pooling_modes, self.engine, self.dtype = pooling_modes, engine, np.dtype(np.float32)
+        self.precision = "float32"
 
 
 def kernels_of(lengths, output="sentence_embedding"):
@@ -149,7 +150,7 @@ def test_one_function_decides_each_call(tmp_path, monkeypatch):
             return p
 
     batch, long_one, query = decided(mean, [20, 9, 3]), decided(mean, [200]), decided(mean, [9])
-    if tile > 1 and plan.cpu_has_avx512():  # a BLAS without 512-bit kernels on a CPU with them: minibert's own
+    if tile > 1 and plan.cpu_has("avx512f"):  # a BLAS without 512-bit kernels on a CPU with them: minibert's own
         assert isinstance(batch.dense, NumbaDense) and batch.dense.threads == 1 and batch.workers == cores
         assert isinstance(long_one.dense, NumbaDense) and long_one.workers == 1
         assert isinstance(query.dense, NumbaDense) and query.dense.threads in (1, cores)
