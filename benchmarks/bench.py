@@ -111,12 +111,12 @@ def model_flops(cfg, lengths):  # dense + attention multiply-adds x 2 for a whol
 
 
 class Minibert:
-    name = "minibert"
-
-    def __init__(self, model_dir):
+    def __init__(self, model_dir, precision="float32"):
         import minibert
 
-        self.model = minibert.load(model_dir)
+        self.model = minibert.load(model_dir, precision=precision)
+        self.name = "minibert" if precision == "float32" else f"minibert {precision}"
+        self.approximate = precision != "float32"  # checked by cosine to float32, not by 1e-4
 
     def encode(self, texts):
         return self.model.encode(texts, batch_size=BATCH)
@@ -191,6 +191,22 @@ class OnnxRuntime:
         so.intra_op_num_threads, so.inter_op_num_threads = THREADS, 1
         self.session = ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
         self.reference = minibert_model  # to check the export before timing it
+        self.approximate = False
+
+    def quantized(self):  # -> the same export through ONNX Runtime's quantize_dynamic (int8, per channel)
+        import copy
+
+        import onnxruntime as ort
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        q = copy.copy(self)
+        q.path = self.path.with_name("model-int8.onnx")
+        quantize_dynamic(str(self.path), str(q.path), weight_type=QuantType.QInt8, per_channel=True)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.inter_op_num_threads = THREADS, 1
+        q.session = ort.InferenceSession(str(q.path), so, providers=["CPUExecutionProvider"])
+        q.name, q.approximate = "onnxruntime int8", True
+        return q
 
     def encode(self, texts):
         order = np.argsort([-len(t) for t in texts], kind="stable")
@@ -226,7 +242,11 @@ class OnnxRuntime:
 
 def throughput(engine, texts, repeats, reference=None):
     warm = engine.encode(texts[:64])  # warm-up, and a correctness check: a fast wrong answer is no result
-    if reference is not None:
+    if reference is not None and getattr(engine, "approximate", False):  # int8: near float32, not equal
+        cos = (warm * reference).sum(1) / np.linalg.norm(warm, axis=1) / np.linalg.norm(reference, axis=1)
+        if cos.min() < 0.9:
+            raise RuntimeError(f"{engine.name}: cosine to float32 down to {cos.min():.3f}: not timed")
+    elif reference is not None:
         err = float(np.abs(warm - reference).max() / np.abs(reference).max())
         if err > 1e-4:
             raise RuntimeError(f"{engine.name} disagrees with minibert by {err:.2e} (relative): not timed")
@@ -264,6 +284,7 @@ COLD = {
     "minibert (runtime deps only)": (_NO_SCIPY + _MB, {}),
     "minibert, Numba from the first call": (_MB, {"MINIBERT_NUMBA": "1"}),
     "  the same, runtime deps only": (_NO_SCIPY + _MB, {"MINIBERT_NUMBA": "1"}),
+    "minibert int8": ("import minibert; minibert.load({d!r}, precision='int8').encode(['hi'])", {}),
     "sentence-transformers": (
         "from sentence_transformers import SentenceTransformer; "
         "SentenceTransformer({d!r}, device='cpu').encode(['hi'])",
@@ -303,9 +324,11 @@ def bench_model(label, model_dir, texts, repeats, query):
     flops = model_flops(mb.model.config, lengths)
     engines = [mb, SentenceTransformers(model_dir)]
     try:
-        engines.append(OnnxRuntime(model_dir, mb.model))
+        ort = OnnxRuntime(model_dir, mb.model)
+        engines += [ort, ort.quantized()]
     except Exception as e:  # report, do not hide: the table says ONNX Runtime is missing and why
         print(f"  onnxruntime unavailable: {type(e).__name__}: {e}", file=sys.stderr)
+    engines.insert(1, Minibert(model_dir, precision="int8"))
     rows = {}
     reference = mb.encode(texts[:64])
     for eng in engines:
