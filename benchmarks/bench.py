@@ -193,6 +193,9 @@ class OnnxRuntime:
         self.reference = minibert_model  # to check the export before timing it
         self.approximate = False
 
+    def _hidden(self, feeds):  # {input name: [B, T] int64} -> [B, T, D] last hidden state
+        return self.session.run(None, feeds)[0]
+
     def quantized(self):  # -> the same export through ONNX Runtime's quantize_dynamic (int8, per channel)
         import copy
 
@@ -221,7 +224,7 @@ class OnnxRuntime:
                 return_tensors="np",
             )
             feeds = {n: enc[n].astype(np.int64) if n in enc else np.zeros_like(enc["input_ids"]) for n in self.names}
-            h = self.session.run(None, feeds)[0]
+            h = self._hidden(feeds)
             mask = enc["attention_mask"][:, :, None].astype(np.float32)
             parts = []
             for mode in self.modes:
@@ -235,6 +238,46 @@ class OnnxRuntime:
             for k, i in enumerate(idx):
                 out[i] = e[k]
         return np.stack(out)
+
+
+class OpenVino(OnnxRuntime):
+    """The ONNX Runtime engine's export, compiled by OpenVINO for the CPU: ``f32`` (forced float32),
+    ``default`` (OpenVINO's own choice: bf16 on a CPU with AVX512-BF16), or ``int8`` (NNCF
+    post-training quantization, calibrated on the parity suite's texts, which no test set holds)."""
+
+    def __init__(self, onnx_engine, mode):
+        import copy
+
+        import openvino as ov
+
+        self.__dict__.update(copy.copy(onnx_engine).__dict__)
+        core = ov.Core()
+        model = core.read_model(str(onnx_engine.path))
+        if mode == "int8":
+            import nncf
+
+            from minibert.parity.hf import default_texts
+
+            calib = []
+            for t in default_texts():
+                enc = self.tokenizer([t], truncation=True, max_length=self.max_len, return_tensors="np")
+                calib.append(
+                    {n: enc[n].astype(np.int64) if n in enc else np.zeros_like(enc["input_ids"]) for n in self.names}
+                )
+            model = nncf.quantize(
+                model, nncf.Dataset(calib), model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calib)
+            )
+        config = {"INFERENCE_NUM_THREADS": THREADS}
+        if mode == "f32":
+            config["INFERENCE_PRECISION_HINT"] = "f32"
+        self.compiled = core.compile_model(model, "CPU", config)
+        self.name = {"f32": "openvino fp32", "default": "openvino (its default: bf16)", "int8": "openvino int8 (NNCF)"}[
+            mode
+        ]
+        self.approximate = mode != "f32"
+
+    def _hidden(self, feeds):
+        return self.compiled(feeds)[0]
 
 
 # ------------------------------------------------------------------ measurements
@@ -328,6 +371,12 @@ def bench_model(label, model_dir, texts, repeats, query):
         engines += [ort, ort.quantized()]
     except Exception as e:  # report, do not hide: the table says ONNX Runtime is missing and why
         print(f"  onnxruntime unavailable: {type(e).__name__}: {e}", file=sys.stderr)
+        ort = None
+    for mode in ("f32", "default", "int8") if ort is not None else ():
+        try:
+            engines.append(OpenVino(ort, mode))
+        except Exception as e:
+            print(f"  openvino {mode} unavailable: {type(e).__name__}: {str(e)[:300]}", file=sys.stderr)
     engines.insert(1, Minibert(model_dir, precision="int8"))
     rows = {}
     reference = mb.encode(texts[:64])
