@@ -14,6 +14,7 @@ gives its bits). A CPU without VNNI takes ``int8_matmul_numpy``: the same intege
 float64 by BLAS, exact while no sum passes 2^53 (255 * 127 * K is far below it).
 """
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,11 +29,12 @@ K_GROUP = 4  # bytes of K per int32 lane of vpdpbusd
 
 @dataclass(frozen=True)
 class Int8Matrix:
-    """A weight matrix quantized once, at load: the plain form for the NumPy twin and the packed
-    form for the kernel. ``x @ m`` is bert.int8_linear(x, m.q, m.scale), so minibert/bert.py's
-    forward pass runs an int8 model unchanged."""
+    """A weight matrix quantized once, at load, in the kernel's packed form. ``x @ m`` is
+    bert.int8_linear(x, m.q, m.scale, m.colsum), so minibert/bert.py's forward pass runs an int8
+    model unchanged. ``q``, the plain [K, N] form, is unpacked only where it is used (bert.py, the
+    NumPy twin): a model keeps one byte per weight."""
 
-    q: np.ndarray  # [K, N] int8, round(W / scale) per column
+    shape: tuple  # (K, N), as the float matrix it replaces
     scale: np.ndarray  # [N] float32, max |W[:, n]| / 127
     colsum: np.ndarray  # [N] float32: sum_k q[k, n] (an integer, exact in float32)
     packed: np.ndarray  # [N64 / 16 * K4, 16] int32: for each 16 columns, each 4 rows of K as one int32 lane
@@ -41,13 +43,16 @@ class Int8Matrix:
 
     __array_ufunc__ = None  # so that NumPy's x @ m defers to __rmatmul__
 
-    @property
-    def shape(self):  # (K, N), as the float matrix it replaces
-        return self.q.shape
+    @functools.cached_property
+    def q(self):  # [K, N] int8: round(W / scale) per column
+        k, n = self.shape
+        blocks, k4 = self.wide_scale.shape[1] // 16, -(-k // K_GROUP)
+        lanes = self.packed.view(np.int8).reshape(blocks, k4, 16, K_GROUP)
+        return np.ascontiguousarray(lanes.transpose(1, 3, 0, 2).reshape(k4 * K_GROUP, blocks * 16)[:k, :n])
 
     @property
     def nbytes(self):
-        return sum(a.nbytes for a in (self.q, self.scale, self.colsum, self.packed, self.wide_colsum, self.wide_scale))
+        return sum(a.nbytes for a in (self.scale, self.colsum, self.packed, self.wide_colsum, self.wide_scale))
 
     def __rmatmul__(self, x):  # x @ m, in minibert/bert.py
         from minibert.bert import int8_linear
@@ -57,8 +62,10 @@ class Int8Matrix:
 
 def quantize_columns(w):  # [K, N] float32 -> [K, N] int8, [N] float32: symmetric, one scale per column
     scale = (np.abs(w).max(axis=0) / np.float32(127)).astype(np.float32)
-    q = np.rint(w / np.where(scale > 0, scale, np.float32(1)))
-    return np.clip(q, -127, 127).astype(np.int8), scale
+    q = w / np.where(scale > 0, scale, np.float32(1))  # (in place from here: a load holds few copies)
+    np.rint(q, out=q)
+    np.clip(q, -127, 127, out=q)
+    return q.astype(np.int8), scale
 
 
 def int8_matrix(w):  # [K, N] float -> Int8Matrix
@@ -67,15 +74,17 @@ def int8_matrix(w):  # [K, N] float -> Int8Matrix
     q, scale = quantize_columns(np.asarray(w, dtype=np.float32))
     k, n = q.shape
     k4, n64 = -(-k // K_GROUP), -(-n // TILE_COLUMNS) * TILE_COLUMNS
-    padded = np.zeros((k4 * K_GROUP, n64), dtype=np.int8)  # zero rows and columns add nothing
-    padded[:k, :n] = q
+    padded = q
+    if (k4 * K_GROUP, n64) != q.shape:  # zero rows and columns add nothing
+        padded = np.zeros((k4 * K_GROUP, n64), dtype=np.int8)
+        padded[:k, :n] = q
     # [K4, 4, N64/16, 16] -> [N64/16, K4, 16, 4]: the 4 bytes of one lane adjacent, 16 lanes a vector
     lanes = padded.reshape(k4, K_GROUP, n64 // 16, 16).transpose(2, 0, 3, 1)
     packed = np.ascontiguousarray(lanes).view(np.int32).reshape(n64 // 16 * k4, 16)
-    colsum = q.astype(np.int64).sum(axis=0).astype(np.float32)
+    colsum = q.sum(axis=0, dtype=np.int32).astype(np.float32)
     wide_colsum, wide_scale = np.zeros((1, n64), dtype=np.float32), np.zeros((1, n64), dtype=np.float32)
     wide_colsum[0, :n], wide_scale[0, :n] = colsum, scale
-    return Int8Matrix(q, scale, colsum, packed, wide_colsum, wide_scale)
+    return Int8Matrix((k, n), scale, colsum, packed, wide_colsum, wide_scale)
 
 
 # ---------------------------------------------------------------- NumPy twin (any CPU)
@@ -232,4 +241,4 @@ def _int8_matmul(x, packed, colsum, scale, n, threads):  # [M, K] float32, ..., 
 
 def int8_matmul(x, m, threads=1):  # [M, K] float32, Int8Matrix, int -> [M, N] float32 (VNNI CPUs only)
     x = np.ascontiguousarray(x, dtype=np.float32)
-    return _int8_matmul(x, m.packed, m.wide_colsum, m.wide_scale, m.q.shape[1], max(int(threads), 1))
+    return _int8_matmul(x, m.packed, m.wide_colsum, m.wide_scale, m.shape[1], max(int(threads), 1))

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from minibert.kernels.int8 import int8_matrix
+
 from . import bert, engine, threads, util
 from .config import load_config
 from .errors import CheckpointError, MinibertError, read_json
@@ -25,7 +27,7 @@ from .pipeline import read_pipeline
 from .plan import plan
 from .sources import DEFAULT_MODEL, resolve
 from .tokenizer import WordPieceTokenizer
-from .weights import int8_weights, load_encoder_weights
+from .weights import load_encoder_weights
 
 _DTYPES = {"float32": np.float32, "float64": np.float64}
 ENGINES = ("fast", "reference")
@@ -94,9 +96,8 @@ class SentenceEncoder:
                 f"{self.path}: the pooling config expects {p.pooling_dim}-dim tokens, "
                 f"the encoder makes {self.config.dim}"
             )
-        self.weights = load_encoder_weights(weights_path, self.config, self.dtype)
-        if self.precision == "int8":
-            self.weights = int8_weights(self.weights)
+        quantize = int8_matrix if self.precision == "int8" else None
+        self.weights = load_encoder_weights(weights_path, self.config, self.dtype, matrix=quantize)
         stat = weights_path.stat()  # load_encoder_weights checked that the file did not change while it read it
         self._weights_stat = (stat.st_size, stat.st_mtime_ns)
         # sentence-transformers: max_seq_length from sentence_bert_config.json, else the tokenizer's

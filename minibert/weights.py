@@ -192,26 +192,6 @@ class EncoderWeights:
     layers: list  # [L] LayerWeights
 
 
-def int8_weights(w):  # EncoderWeights (float32) -> the same with every block's four matrices in int8
-    """precision="int8": the dense layers' matrices quantized once, here (kernels/int8.py); the
-    embeddings, biases and layer norms stay float32."""
-    from dataclasses import replace
-
-    from minibert.kernels.int8 import int8_matrix
-
-    layers = [
-        replace(
-            lw,
-            qkv_w=int8_matrix(lw.qkv_w),
-            attn_out_w=int8_matrix(lw.attn_out_w),
-            ffn_in_w=int8_matrix(lw.ffn_in_w),
-            ffn_out_w=int8_matrix(lw.ffn_out_w),
-        )
-        for lw in w.layers
-    ]
-    return replace(w, layers=layers)
-
-
 # Tensor names inside one block, relative to its prefix, per architecture.
 _LAYER_NAMES = {
     "bert": dict(
@@ -289,7 +269,9 @@ def empty_aligned(shape, dtype):  # -> an uninitialised C-contiguous array start
     return buffer[start : start + n * dtype.itemsize].view(dtype).reshape(shape)
 
 
-def load_encoder_weights(path, cfg, dtype):  # Path, EncoderConfig, np.dtype -> EncoderWeights
+def load_encoder_weights(path, cfg, dtype, matrix=None):  # Path, EncoderConfig, np.dtype -> EncoderWeights
+    """``matrix``: applied to each dense layer's [in, out] matrix as it is read (precision="int8"
+    quantizes there, so that the float32 matrices never all exist at once)."""
     st = read_safetensors(path)
     held = _layer_indices(st, cfg.arch)
     if held != set(range(cfg.n_layers)):
@@ -358,7 +340,8 @@ def load_encoder_weights(path, cfg, dtype):  # Path, EncoderConfig, np.dtype -> 
             lins, lns = plan[i]
             fields = {}
             for field, (ws, bs) in lins.items():
-                fields[field + "_w"] = transposed(ws)
+                w = transposed(ws)
+                fields[field + "_w"] = matrix(w) if matrix is not None else w
                 fields[field + "_b"] = np.concatenate([read(b) for b in bs])
             for key, (g, b) in lns.items():
                 fields[key + "_g"], fields[key + "_b"] = read(g), read(b)
@@ -366,7 +349,9 @@ def load_encoder_weights(path, cfg, dtype):  # Path, EncoderConfig, np.dtype -> 
 
         # Several blocks at a time, one per worker (MINIBERT_NUM_THREADS, else one per core): the
         # transposing copies are most of a load, and NumPy releases the GIL while it copies.
-        workers = min(n_workers(), cfg.n_layers)
+        # With ``matrix`` (int8) one at a time: each worker's malloc arena would keep its own block's
+        # float32 copies, and the point of int8 is a smaller model.
+        workers = 1 if matrix is not None else min(n_workers(), cfg.n_layers)
         if workers <= 1:
             layers = [layer(i) for i in range(cfg.n_layers)]
         else:
