@@ -185,6 +185,9 @@ def test_interrupted_run_leaves_no_output(tmp_path, minilm_dir):
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        # A shell starts a background job with SIGINT ignored, and a child inherits that (Python then
+        # leaves it ignored): give the command the default disposition, as an interactive terminal would.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     seen = ""
     while "Batches" not in seen and proc.poll() is None:  # wait until it is really embedding
