@@ -17,6 +17,22 @@ import numpy as np
 from .model import SentenceEncoder, check_device, resolve_model
 from .sources import DEFAULT_MODEL
 
+# sentence-transformers' methods that minibert does not have, with what to do instead
+_UNSUPPORTED = {
+    **dict.fromkeys(
+        ("fit", "old_fit", "train", "evaluate", "save", "save_pretrained", "save_to_hub", "push_to_hub"),
+        "minibert only embeds; train and save with sentence-transformers",
+    ),
+    **dict.fromkeys(
+        ("start_multi_process_pool", "stop_multi_process_pool", "encode_multi_process"),
+        "minibert runs one worker thread per core itself (MINIBERT_NUM_THREADS)",
+    ),
+    **dict.fromkeys(
+        ("cuda", "half", "bfloat16", "float", "compile"),
+        "minibert runs on the CPU; for 8-bit speed use minibert.load(M, precision='int8')",
+    ),
+}
+
 
 def _refuse(name, value, why):
     raise ValueError(f"SentenceTransformer({name}={value!r}): {why}")
@@ -114,6 +130,11 @@ class SentenceTransformer(SentenceEncoder):
             out["token_type_ids"] = np.zeros_like(input_ids)
         out["attention_mask"] = mask
         return out
+
+    def __getattr__(self, name):  # only for names the class does not have
+        if name in _UNSUPPORTED:
+            raise AttributeError(f"SentenceTransformer.{name} is not supported by minibert: {_UNSUPPORTED[name]}")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
     def device(self) -> str:

@@ -359,6 +359,9 @@ def test_unsupported_is_one_clear_error(minilm_dir, tmp_path, monkeypatch):
     write_model(roberta, tiny_spec(), config={"model_type": "roberta", "hidden_size": 32})
     with pytest.raises(minibert.MinibertError, match="roberta"):
         minibert.SentenceTransformer(roberta)
+    for name in ("fit", "encode_multi_process", "half", "push_to_hub"):
+        with pytest.raises(AttributeError, match="not supported by minibert"):
+            getattr(m, name)
     monkeypatch.setitem(sys.modules, "torch", None)  # as if torch were not installed
     with pytest.raises(ImportError, match="convert_to_tensor=True needs torch"):
         m.encode(["a text"], convert_to_tensor=True)
