@@ -107,24 +107,23 @@ def int8_matmul_numpy(x, m):  # [M, K] float32, Int8Matrix -> [M, N] float32: th
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def quantize_rows_u8(x, k4):  # [M, K] float32, K4 -> [M4, 4 K4] uint8, [M4, 1] step, [M4, 1] low
+def quantize_rows_u8(x, k4, lows, highs):  # [M, K] float32, K4, [M] x2 -> [M4, 4 K4] uint8, [M4, 1] step, low
+    """Each row's min and max come from NumPy (its SIMD reductions are 4x a loop here, and carry a
+    NaN through to the step, and so to the output, where the non-finite check finds it)."""
     m, k = x.shape
     m4 = -(-m // TILE_ROWS) * TILE_ROWS
     out = np.zeros((m4, k4 * K_GROUP), dtype=np.uint8)  # zeros past K and in the padding rows add nothing
     steps = np.zeros((m4, 1), dtype=np.float32)
-    lows = np.zeros((m4, 1), dtype=np.float32)
+    low = np.zeros((m4, 1), dtype=np.float32)
     for i in range(m):
-        lo = hi = x[i, 0]
-        for j in range(1, k):
-            lo = min(lo, x[i, j])
-            hi = max(hi, x[i, j])
-        s = (hi - lo) / np.float32(255)
-        steps[i, 0], lows[i, 0] = s, lo
+        lo = lows[i]
+        s = (highs[i] - lo) / np.float32(255)
+        steps[i, 0], low[i, 0] = s, lo
         d = s if s > 0 else np.float32(1)
         for j in range(k):
             v = np.rint((x[i, j] - lo) / d)
             out[i, j] = np.uint8(min(max(v, np.float32(0)), np.float32(255)))
-    return out, steps, lows
+    return out, steps, low
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -226,19 +225,24 @@ def _int8_over_threads(xu, steps, lows, packed, colsum, scale, out, threads):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _int8_matmul(x, packed, colsum, scale, n, threads):  # [M, K] float32, ..., int, int -> [M, N] float32
+def _int8_matmul(x, lows, highs, packed, colsum, scale, n, threads):  # [M, K] float32, ... -> [M, N] float32
     k4 = packed.shape[0] // (colsum.shape[1] // 16)
     if x.shape[1] > k4 * K_GROUP or x.shape[1] <= (k4 - 1) * K_GROUP or x.shape[1] == 0:
         raise ValueError("int8_matmul: x has a different number of columns than the matrix has rows")
-    xu, steps, lows = quantize_rows_u8(x, k4)
+    if lows.shape[0] != x.shape[0] or highs.shape[0] != x.shape[0]:
+        raise ValueError("int8_matmul: one min and one max per row of x")
+    xu, steps, low = quantize_rows_u8(x, k4, lows, highs)
     out = np.empty((xu.shape[0], colsum.shape[1]), dtype=np.float32)
     if threads > 1:
-        _int8_over_threads(xu, steps, lows, packed, colsum, scale, out, threads)
+        _int8_over_threads(xu, steps, low, packed, colsum, scale, out, threads)
     else:
-        int8_tiles_into(xu, steps, lows, packed, colsum, scale, out, 0, colsum.shape[1])
+        int8_tiles_into(xu, steps, low, packed, colsum, scale, out, 0, colsum.shape[1])
     return out[: x.shape[0], :n]
 
 
 def int8_matmul(x, m, threads=1):  # [M, K] float32, Int8Matrix, int -> [M, N] float32 (VNNI CPUs only)
     x = np.ascontiguousarray(x, dtype=np.float32)
-    return _int8_matmul(x, m.packed, m.wide_colsum, m.wide_scale, m.shape[1], max(int(threads), 1))
+    if x.ndim != 2 or x.shape[1] == 0:
+        raise ValueError(f"int8_matmul: x must be [M, K] with K > 0, got shape {x.shape}")
+    lows, highs = x.min(axis=1), x.max(axis=1)
+    return _int8_matmul(x, lows, highs, m.packed, m.wide_colsum, m.wide_scale, m.shape[1], max(int(threads), 1))
