@@ -341,6 +341,11 @@ def load_encoder_weights(path, cfg, dtype, matrix=None):  # Path, EncoderConfig,
             fields = {}
             for field, (ws, bs) in lins.items():
                 w = transposed(ws)
+                if matrix is not None and not np.isfinite(w).all():
+                    raise CheckpointError(
+                        f"{path}: block {i}'s {field} weights hold non-finite values (NaN or inf): "
+                        "they cannot be quantized to int8"
+                    )
                 fields[field + "_w"] = matrix(w) if matrix is not None else w
                 fields[field + "_b"] = np.concatenate([read(b) for b in bs])
             for key, (g, b) in lns.items():

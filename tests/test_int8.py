@@ -99,6 +99,15 @@ def test_bad_precision_is_a_clear_error(tmp_path):
         minibert.load(d, precision="int4")
     with pytest.raises(ValueError, match="float64"):
         minibert.load(d, precision="int8", dtype="float64")
+    bad = write_model(tmp_path / "nan", tiny_spec())
+    from safetensors.numpy import load_file, save_file
+
+    t = load_file(str(bad / "model.safetensors"))
+    name = next(k for k in t if "intermediate.dense.weight" in k)
+    t[name][0, 0] = np.nan
+    save_file(t, str(bad / "model.safetensors"))
+    with pytest.raises(minibert.CheckpointError, match="non-finite values.*int8"):
+        minibert.load(bad, precision="int8")
     m = minibert.load(d, precision="int8")  # a tiny model (K and N not multiples of the tiles) runs
     assert m.encode(["a few words", "x"]).shape == (2, 32)
 
