@@ -90,15 +90,10 @@ def int8_matrix(w):  # [K, N] float -> Int8Matrix
 # ---------------------------------------------------------------- NumPy twin (any CPU)
 
 
-def quantize_rows_numpy(x):  # [M, K] float32 -> [M, K] uint8, [M] step, [M] low (minibert/bert.py's quantize_rows)
-    low = x.min(axis=1)
-    step = (x.max(axis=1) - low) / np.float32(255)
-    u = np.rint((x - low[:, None]) / np.where(step > 0, step, np.float32(1))[:, None])
-    return np.clip(u, 0, 255).astype(np.uint8), step, low
-
-
 def int8_matmul_numpy(x, m):  # [M, K] float32, Int8Matrix -> [M, N] float32: the kernel's bits
-    u, step, low = quantize_rows_numpy(x)
+    from minibert.bert import quantize_rows  # (the model to read states the rows' quantization)
+
+    u, step, low = quantize_rows(x)
     acc = (u.astype(np.float64) @ m.q.astype(np.float64)).astype(np.int32)  # integers: exact in float64
     return (acc.astype(np.float32) * step[:, None] + low[:, None] * m.colsum) * m.scale
 
@@ -162,7 +157,7 @@ def int8_tiles_into(xu, steps, lows, packed, colsum, scale, out, c0, c1):  # -> 
             vload(colsum, 0, j + 48),
         )
         for i in range(0, m4, TILE_ROWS):
-            # fmt: off  (the register tile: one line per row of x)
+            # the register tile, unrolled: 4 rows of x by 4 vectors of 16 columns, 16 int32 accumulators
             s0 = s1 = s2 = s3 = e0 = e1 = e2 = e3 = f0 = f1 = f2 = f3 = g0 = g1 = g2 = g3 = vzero(x32)
             for k in range(k4):
                 w0, w1, w2, w3 = (
@@ -211,7 +206,6 @@ def int8_tiles_into(xu, steps, lows, packed, colsum, scale, out, c0, c1):  # -> 
             vstore(out, i + 3, j + 16, vdequant(e3, r, z, n1, t1))
             vstore(out, i + 3, j + 32, vdequant(f3, r, z, n2, t2))
             vstore(out, i + 3, j + 48, vdequant(g3, r, z, n3, t3))
-            # fmt: on
     return out
 
 

@@ -235,11 +235,10 @@ class SentenceEncoder:
         truncate_dim = self.truncate_dim if truncate_dim is None else _check_truncate_dim(truncate_dim)
         if truncate_dim is not None and truncate_dim >= self.dim:
             truncate_dim = None
-        skip = 0  # prompt tokens left out of pooling (the pooling config's include_prompt: false)
+        prompt_tokens = self.tokenizer.prompt_length(prompt) if prompt else 0
+        skip = 0 if self.include_prompt else prompt_tokens  # prompt tokens left out of pooling
         if prompt:
             texts = [prompt + t for t in texts]  # as sentence-transformers: the prompt, then the text
-            if not self.include_prompt:
-                skip = self.tokenizer.prompt_length(prompt)
         ids = self._tokenize(texts)
         progress = bool(show_progress_bar)
         if output_value == "sentence_embedding" and not skip:
@@ -262,7 +261,7 @@ class SentenceEncoder:
                             "attention_mask": np.ones_like(x),
                             "token_embeddings": t,
                             "sentence_embedding": v,
-                            **({"prompt_length": self.tokenizer.prompt_length(prompt)} if prompt else {}),
+                            **({"prompt_length": prompt_tokens} if prompt else {}),
                         }
                         for x, t, v in zip(ids, tokens, pooled)
                     ]

@@ -227,8 +227,10 @@ def paraphrase_mining(
 
 
 def _top(scores, k):  # [n, m], k -> (values, indices) of each row's k largest, largest first
-    idx = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(scores, idx, axis=1), idx
+    idx = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < scores.shape[1] else np.argsort(-scores, axis=1)
+    values = np.take_along_axis(scores, idx, axis=1)
+    order = np.lexsort((idx, -values), axis=1)  # by score, ties by index: only the k kept are sorted
+    return np.take_along_axis(values, order, axis=1), np.take_along_axis(idx, order, axis=1)
 
 
 def paraphrase_mining_embeddings(

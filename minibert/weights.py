@@ -341,12 +341,13 @@ def load_encoder_weights(path, cfg, dtype, matrix=None):  # Path, EncoderConfig,
             fields = {}
             for field, (ws, bs) in lins.items():
                 w = transposed(ws)
-                if matrix is not None and not np.isfinite(w).all():
+                try:
+                    fields[field + "_w"] = matrix(w) if matrix is not None else w
+                except ValueError:  # (int8_matrix refuses NaN and inf)
                     raise CheckpointError(
                         f"{path}: block {i}'s {field} weights hold non-finite values (NaN or inf): "
                         "they cannot be quantized to int8"
-                    )
-                fields[field + "_w"] = matrix(w) if matrix is not None else w
+                    ) from None
                 fields[field + "_b"] = np.concatenate([read(b) for b in bs])
             for key, (g, b) in lns.items():
                 fields[key + "_g"], fields[key + "_b"] = read(g), read(b)
