@@ -2,7 +2,9 @@
 
     minibert embed "A sentence." "Another one."            readable print
     minibert embed --input docs.txt --output docs.npy       one text per line -> [n, dim] array
+    minibert embed --input docs.jsonl --output docs.emb/    a corpus of any size -> shards + manifest, resumable
     minibert search --corpus docs.txt "a query" -k 5        top-k with scores (corpus embeddings cached)
+    minibert search --corpus docs.emb/ "a query"            exact top-k over the shards, memory-mapped
     minibert info sentence-transformers/all-MiniLM-L6-v2    what the model is and where it came from
 
 Errors print one line (``minibert: error: ...``) and exit 1; ``--debug`` shows the traceback.
@@ -22,7 +24,7 @@ from pathlib import Path
 from .sources import DEFAULT_MODEL
 
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 130, 143
-SHARED_DEFAULTS = {"debug": False, "quiet": False, "dtype": "float32", "precision": "float32"}
+SHARED_DEFAULTS = {"debug": False, "quiet": False, "dtype": "float32", "compute": "float32"}
 
 
 class CliError(Exception):
@@ -66,6 +68,10 @@ def read_input(path):  # file name or "-" -> its text (UTF-8), or a CliError nam
 
 def read_texts(path, field=None):  # .txt: a text per line; .jsonl: a JSON object (or string) per line
     p = Path(path)
+    if p.suffix.lower() in (".parquet", ".csv"):
+        from . import corpus
+
+        return [text for text, _, _ in corpus.iter_rows(p, corpus.input_format(p), field)]
     lines = split_lines(read_input(path))
     if p.suffix != ".jsonl":
         if field:
@@ -117,10 +123,14 @@ def write_atomically(path, write):  # write(file object) into a temporary file, 
             os.unlink(tmp)
 
 
+def is_corpus_dir(path):  # --output DIR/ (or an existing directory, or a name without a suffix): shards
+    return str(path).endswith(("/", os.sep)) or Path(path).is_dir() or not Path(path).suffix
+
+
 def check_output_path(path):  # before any work: a wrong name should not cost a model load
     path = Path(path)
     if path.suffix not in (".npy", ".jsonl"):
-        raise CliError(f"--output {path}: use a .npy or .jsonl file name")
+        raise CliError(f"--output {path}: use a .npy or .jsonl file name, or a directory (DIR/) for shards")
     if not path.resolve().parent.is_dir():
         raise CliError(f"--output {path}: directory {path.resolve().parent} does not exist")
     if path.is_dir():
@@ -155,7 +165,7 @@ def show_progress(args, n_texts, batch_size):
 def load_model(args):
     import minibert
 
-    model = minibert.load(args.model, dtype=args.dtype, precision=args.precision)
+    model = minibert.load(args.model, dtype=args.dtype, precision=args.compute)
     # This process is ours and short-lived: keep the objects the imports created out of every later
     # garbage collection, the one at exit included, which otherwise walks and frees them all. Numba
     # makes many more when a batch starts it: frozen again after encoding. A library must not do
@@ -176,6 +186,12 @@ def cmd_embed(args):
         raise CliError("give texts as arguments or --input, not both")
     if args.field and not args.input:
         raise CliError("--field needs --input FILE.jsonl")
+    if args.output and is_corpus_dir(args.output):
+        return embed_corpus(args)
+    corpus_only = {"--id-field": args.id_field, "--overwrite": args.overwrite, "--calibration": args.calibration}
+    for flag, value in corpus_only.items():
+        if value:
+            raise CliError(f"{flag} applies to a corpus directory (--output DIR/)")
     if args.text:
         texts = args.text
     elif args.input:
@@ -194,6 +210,12 @@ def cmd_embed(args):
         show_progress_bar=show_progress(args, len(texts), args.batch_size),
     )
     gc.freeze()  # Numba's objects too, if this call started it (see load_model)
+    if args.precision != "float32":
+        from .corpus import quantize
+
+        if args.precision in ("int8", "uint8") and len(emb) < 2:
+            raise CliError(f"--precision {args.precision} computes its ranges from the texts: give at least 2")
+        emb = quantize(emb, args.precision, None)
     if args.output:
         save_embeddings(args.output, texts, emb)
         if not args.quiet:
@@ -204,6 +226,52 @@ def cmd_embed(args):
             shown = t if len(t) <= 48 else t[:45] + "..."
             head = " ".join(f"{x:+.4f}" for x in e[:6])
             print(f"{i:>4}  {shown!r:<52} [{head} ...]  ({len(e)} dims, norm {np.linalg.norm(e):.4f})")
+    return 0
+
+
+def embed_corpus(args):  # --input FILE --output DIR/: shards and a manifest, resumed when interrupted
+    from . import corpus
+
+    if args.text or not args.input or args.input == "-":
+        raise CliError("a corpus directory (--output DIR/) is embedded from --input FILE, so that it can resume")
+    fmt = corpus.input_format(args.input)  # before the model loads: a wrong name should not cost that
+    if args.shard_size < 1:
+        raise CliError(f"--shard-size must be at least 1, got {args.shard_size}")
+    if args.parquet:
+        corpus._pyarrow(args.input)
+    del fmt
+    model = load_model(args)
+    tty = sys.stderr.isatty() if args.progress is None else args.progress
+    stream = None if args.quiet or args.progress is False and not args.log_every else sys.stderr
+
+    def progress(total, done):
+        return corpus.Progress(total, done, stream, tty, args.log_every)
+
+    def log(message):
+        if not args.quiet:
+            print(f"minibert: {message}", file=sys.stderr)
+
+    manifest = corpus.embed(
+        model,
+        args.input,
+        args.output,
+        model_name=args.model,
+        field=args.field,
+        id_field=args.id_field,
+        precision=args.precision,
+        normalize_embeddings=args.normalize,
+        shard_size=args.shard_size,
+        batch_size=args.batch_size,
+        parquet=args.parquet,
+        calibration=args.calibration,
+        overwrite=args.overwrite,
+        progress=progress,
+        log=log,
+    )
+    gc.freeze()
+    e = manifest["embedding"]
+    shards = len(manifest["shards"])
+    log(f"wrote {manifest['rows']:,} x {e['dim']} {e['dtype']} embeddings in {shards} shards to {args.output}")
     return 0
 
 
@@ -243,6 +311,10 @@ def cmd_search(args):
 
     if args.k < 1:
         raise CliError(f"-k must be at least 1, got {args.k}")
+    if args.corpus != "-" and Path(args.corpus).is_dir():
+        return search_corpus(args)
+    if args.model is None:
+        args.model = DEFAULT_MODEL
     stdin = args.corpus == "-"
     raw = read_input(args.corpus)
     docs = read_texts(args.corpus, args.field) if not stdin else split_lines(raw)
@@ -279,6 +351,34 @@ def cmd_search(args):
         print(f"query: {query}")
         for rank, hit in enumerate(hits, 1):
             print(f"  {rank:>3}. {hit['score']:8.4f}  {docs[hit['corpus_id']]}")
+    return 0
+
+
+def search_corpus(args):  # --corpus DIR/: exact top-k over the shards, with the model that embedded them
+    from . import corpus
+
+    c = corpus.open_corpus(args.corpus, verify=not args.no_verify)
+    made = c.manifest["model"]
+    if args.model is None:
+        args.model = made["path"] if Path(made["path"]).is_dir() else made["name"]
+    if args.compute == "float32" and made.get("precision", "float32") != "float32":
+        args.compute = made["precision"]
+    model = load_model(args)
+    model.max_seq_length = made["max_seq_length"]
+    if model.fingerprint() != made["fingerprint"]:
+        raise CliError(
+            f"{args.corpus} was embedded with {made['name']} ({made['precision']}, max_seq_length "
+            f"{made['max_seq_length']}), a different model from {args.model}: its queries would not match"
+        )
+    queries = model.encode(args.query, normalize_embeddings=c.manifest["options"]["normalize_embeddings"])
+    ids = c.ids()
+    hits = c.search(queries, k=args.k, score=made["similarity"])
+    for query, found in zip(args.query, hits):
+        print(f"query: {query}")
+        for rank, (score, row) in enumerate(found, 1):
+            text = c.text(row)
+            label = f"row {row}" + (f" id {ids[row]}" if ids is not None else "")
+            print(f"  {rank:>3}. {score:8.4f}  {label}" + (f"  {text}" if text is not None else ""))
     return 0
 
 
@@ -332,10 +432,10 @@ def build_parser():
         "--dtype", choices=["float32", "float64"], default=argparse.SUPPRESS, help="compute dtype (default float32)"
     )
     common.add_argument(
-        "--precision",
+        "--compute",
         choices=["float32", "int8"],
         default=argparse.SUPPRESS,
-        help="int8: the dense layers in 8 bits (faster with AVX-512 VNNI; see the parity suite for the cost)",
+        help="int8: the model's dense layers in 8 bits (faster with AVX-512 VNNI; see the parity suite for the cost)",
     )
 
     def batch(p):
@@ -370,10 +470,25 @@ def build_parser():
     )
     e.add_argument("text", nargs="*", help="texts to embed")
     e.add_argument("--model", "-m", default=DEFAULT_MODEL, help="model directory or hub id")
-    e.add_argument("--input", "-i", help=".txt or .jsonl file of texts ('-' for stdin)")
-    e.add_argument("--field", help="the .jsonl field holding the text (default: text)")
-    e.add_argument("--output", "-o", help="write embeddings to a .npy ([n, dim] float array) or .jsonl file")
+    e.add_argument("--input", "-i", help=".txt, .jsonl, .parquet or .csv file of texts ('-' for stdin)")
+    e.add_argument("--field", help="the .jsonl field (.parquet/.csv column) holding the text (default: text)")
+    e.add_argument(
+        "--output", "-o", help="a .npy ([n, dim] array) or .jsonl file, or DIR/ (shards + manifest, resumable)"
+    )
     e.add_argument("--normalize", action="store_true", help="scale every embedding to unit length")
+    e.add_argument(
+        "--precision",
+        choices=["float32", "float16", "int8", "uint8", "binary", "ubinary"],
+        default="float32",
+        help="the embeddings written, as sentence-transformers' quantize_embeddings (default float32)",
+    )
+    c = e.add_argument_group("corpus directory (--output DIR/)")
+    c.add_argument("--id-field", help="a .jsonl field or .parquet/.csv column to keep beside each embedding")
+    c.add_argument("--shard-size", type=int, default=5_000, help="rows per shard (default 5000)")
+    c.add_argument("--overwrite", action="store_true", help="replace a corpus directory made differently")
+    c.add_argument("--calibration", help="texts (a file like --input) whose embeddings set int8/uint8 ranges")
+    c.add_argument("--log-every", type=float, default=60.0, help="seconds between progress lines off a terminal")
+    c.add_argument("--parquet", action="store_true", help="also write each shard as Parquet (needs pyarrow)")
     batch(e)
     e.set_defaults(run=cmd_embed)
 
@@ -388,8 +503,9 @@ def build_parser():
         ),
     )
     s.add_argument("query", nargs="+", help="query text(s)")
-    s.add_argument("--model", "-m", default=DEFAULT_MODEL, help="model directory or hub id")
-    s.add_argument("--corpus", "-c", required=True, help="corpus file")
+    s.add_argument("--model", "-m", default=None, help="model directory or hub id (a corpus directory knows its own)")
+    s.add_argument("--corpus", "-c", required=True, help="corpus file, or a directory written by minibert embed")
+    s.add_argument("--no-verify", action="store_true", help="skip the shards' checksums (a corpus directory)")
     s.add_argument("--field", help="the .jsonl field holding the text (default: text)")
     s.add_argument("-k", type=int, default=5, help="how many results (default 5)")
     batch(s)
