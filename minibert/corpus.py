@@ -237,6 +237,13 @@ class _HashingFile:  # a file object that hashes what is written to it
 def _write_atomically(path, write):  # -> (size, sha256) of what write(file) wrote, renamed into place
     """Written to a temporary file, flushed to the disk and renamed: a file under its final name is
     complete, whenever the process dies."""
+    try:
+        return _write_then_rename(path, write)
+    except OSError as e:  # a full disk, a quota, a directory removed under the run: what was done stays
+        raise CorpusError(f"cannot write {path} ({e.strerror or e}); the shards already written are kept") from None
+
+
+def _write_then_rename(path, write):
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     try:
         os.chmod(fd, 0o666 & ~_umask())  # (mkstemp's file is private; an output file gets the umask's mode)
@@ -343,10 +350,61 @@ def read_manifest(out):  # Path -> the manifest dict, or a CorpusError naming wh
         raise CorpusError(f"{path} is not readable JSON ({e}); rerun minibert embed with --overwrite") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise CorpusError(f"{path}: not a {FORMAT} manifest")
-    for key in ("model", "options", "input", "embedding", "shards"):
+    for key in ("model", "options", "input", "embedding", "shards", "rows"):
         if key not in manifest:
             raise CorpusError(f"{path}: the manifest has no {key!r} entry")
+    _check_manifest(manifest, path)
     return manifest
+
+
+def _check_manifest(m, path):  # the fields minibert reads, of the types it reads them as (it may be hand-edited)
+    def bad(where, expected):
+        return CorpusError(f"{path}: {where} must be {expected}; rerun minibert embed with --overwrite")
+
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    for key in ("model", "options", "input", "embedding"):
+        if not isinstance(m[key], dict):
+            raise bad(key, "an object")
+    if not is_int(m["rows"]):
+        raise bad("rows", "a whole number")
+    if not isinstance(m["shards"], list):
+        raise bad("shards", "a list")
+    e = m["embedding"]
+    if not is_int(e.get("dim")) or e["dim"] == 0:
+        raise bad("embedding.dim", "a positive whole number")
+    try:
+        np.dtype(e.get("dtype"))
+    except TypeError:
+        raise bad("embedding.dtype", "a NumPy dtype name") from None
+    if m["options"].get("precision") not in PRECISIONS:
+        raise bad("options.precision", f"one of {', '.join(PRECISIONS)}")
+    if e.get("ranges") is not None:
+        r = np.asarray(e["ranges"], dtype=object)
+        if r.shape != (2, e["dim"]) or not all(isinstance(v, (int, float)) for v in r.ravel()):
+            raise bad("embedding.ranges", f"[2, {e['dim']}] numbers")
+    end = 0
+    for i, shard in enumerate(m["shards"]):
+        where = f"shards[{i}]"
+        rows = shard.get("rows") if isinstance(shard, dict) else None
+        if not (isinstance(rows, list) and len(rows) == 2 and all(map(is_int, rows)) and rows[0] == end < rows[1]):
+            raise bad(f"{where}.rows", f"[{end}, a larger whole number] (shards follow each other)")
+        end = rows[1]
+        if shard.get("index") != i or not isinstance(shard.get("next"), list) or not all(map(is_int, shard["next"])):
+            raise bad(f"{where}.index / next", f"{i} and a list of two whole numbers")
+        for kind in ("npy", "ids", "parquet"):
+            f = shard.get(kind)
+            if f is None and kind != "npy":
+                continue
+            if not isinstance(f, dict) or not isinstance(f.get("file"), str) or not is_int(f.get("bytes")):
+                raise bad(f"{where}.{kind}", "an object with file, bytes and sha256")
+            if Path(f["file"]).name != f["file"] or f["file"] in ("", ".", ".."):
+                raise bad(f"{where}.{kind}.file", "a file name inside the corpus directory")
+            if not isinstance(f.get("sha256"), str):
+                raise bad(f"{where}.{kind}.sha256", "a hex digest")
+    if end > m["rows"]:
+        raise bad("rows", f"at least the shards' {end}")
 
 
 def _check_shard(out, shard):  # -> None when the shard's files are there and match their checksums, else why not

@@ -412,3 +412,47 @@ def test_memory_is_bounded_by_the_shard_not_the_corpus(tiny, tmp_path):
     # 90,000 more texts of ~60 bytes and their 32-float embeddings: ~17 MiB if held; a float32 row of
     # MiniLM's 384 would be 140 MiB more. The bound allows the allocator's noise, not the corpus.
     assert large - small < 12, (small, large)
+
+
+def test_a_hand_edited_manifest_is_a_clear_error(model, txt, tmp_path):
+    path, _ = txt
+    out = tmp_path / "emb"
+    corpus.embed(model, path, out, shard_size=400)
+    good = json.loads((out / "manifest.json").read_text())
+    edits = [
+        (lambda m: m["shards"][1]["npy"].update(file="../../etc/passwd"), r"shards\[1\]\.npy\.file must be a file"),
+        (lambda m: m["shards"][0].update(rows=[0, "400"]), r"shards\[0\]\.rows must be \[0, a larger"),
+        (lambda m: m["shards"].insert(0, m["shards"][1]), r"shards\[0\]\.rows must be \[0"),
+        (lambda m: m.update(shards="all of them"), "shards must be a list"),
+        (lambda m: m["embedding"].update(dim=-3), "embedding.dim must be a positive whole number"),
+        (lambda m: m["options"].update(precision="int4"), "options.precision must be one of"),
+        (lambda m: m.pop("rows"), "the manifest has no 'rows' entry"),
+    ]
+    for edit, message in edits:
+        m = json.loads(json.dumps(good))
+        edit(m)
+        (out / "manifest.json").write_text(json.dumps(m))
+        with pytest.raises(corpus.CorpusError, match=message):
+            corpus.open_corpus(out)
+        with pytest.raises(corpus.CorpusError, match=message):
+            corpus.embed(model, path, out, shard_size=400)
+
+
+def test_a_failed_write_keeps_the_finished_shards(model, txt, tmp_path, monkeypatch):
+    path, texts = txt
+    out = tmp_path / "emb"
+    real_save, calls = np.save, []
+
+    def full_disk(f, arr, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        return real_save(f, arr, **kw)
+
+    monkeypatch.setattr(np, "save", full_disk)
+    with pytest.raises(corpus.CorpusError, match=r"cannot write .*shard-00002.npy \(No space left on device\)"):
+        corpus.embed(model, path, out, shard_size=300)
+    assert len(corpus.read_manifest(out)["shards"]) == 2 and not list(out.glob(".*.partial"))
+    monkeypatch.setattr(np, "save", real_save)
+    corpus.embed(model, path, out, shard_size=300)
+    np.testing.assert_array_equal(corpus.open_corpus(out).embeddings(), model.encode(texts))

@@ -112,17 +112,21 @@ def test_bad_precision_is_a_clear_error(tmp_path):
     assert m.encode(["a few words", "x"]).shape == (2, 32)
 
 
-def test_command_line_precision(tmp_path):
+def test_command_line_compute_int8(tmp_path):
     import subprocess
     import sys
 
     d = write_model(tmp_path / "m", tiny_spec())
     out = tmp_path / "e.npy"
     run = lambda *a: subprocess.run([sys.executable, "-m", "minibert", *a], capture_output=True, text=True)  # noqa: E731
-    r = run("embed", "--model", str(d), "--precision", "int8", "--output", str(out), "a few words", "more words")
+    r = run("embed", "--model", str(d), "--compute", "int8", "--output", str(out), "a few words", "more words")
     assert r.returncode == 0, r.stderr
-    np.testing.assert_array_equal(
-        np.load(out), minibert.load(d, precision="int8").encode(["a few words", "more words"])
-    )
-    r = run("embed", "--model", str(d), "--precision", "int4", "x")
+    want = minibert.load(d, precision="int8").encode(["a few words", "more words"])
+    np.testing.assert_array_equal(np.load(out), want)
+    r = run("embed", "--model", str(d), "--compute", "int4", "x")
     assert r.returncode != 0 and "int4" in r.stderr and "Traceback" not in r.stderr
+    # --precision is the embeddings' (sentence-transformers' encode(precision=...)), on the int8 model's output
+    r = run("embed", "-m", str(d), "--compute", "int8", "--precision", "int8", "-o", str(out), "a b", "c d", "e")
+    assert r.returncode == 0, r.stderr
+    want = minibert.load(d, precision="int8").encode(["a b", "c d", "e"], precision="int8")
+    np.testing.assert_array_equal(np.load(out), want)
