@@ -371,13 +371,13 @@ def search_corpus(args):  # --corpus DIR/: exact top-k over the shards, with the
             f"{made['max_seq_length']}), a different model from {args.model}: its queries would not match"
         )
     queries = model.encode(args.query, normalize_embeddings=c.manifest["options"]["normalize_embeddings"])
-    ids = c.ids()
     hits = c.search(queries, k=args.k, score=made["similarity"])
     for query, found in zip(args.query, hits):
         print(f"query: {query}")
         for rank, (score, row) in enumerate(found, 1):
             text = c.text(row)
-            label = f"row {row}" + (f" id {ids[row]}" if ids is not None else "")
+            ident = c.id(row)
+            label = f"row {row}" + (f" id {ident}" if ident is not None else "")
             print(f"  {rank:>3}. {score:8.4f}  {label}" + (f"  {text}" if text is not None else ""))
     return 0
 

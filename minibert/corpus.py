@@ -775,6 +775,19 @@ class Corpus:
             out += json.loads((self.path / shard["ids"]["file"]).read_text(encoding="utf-8"))
         return out
 
+    def _shard_of(self, row):
+        for shard in self.manifest["shards"]:
+            if shard["rows"][0] <= row < shard["rows"][1]:
+                return shard
+        raise IndexError(f"row {row} is not in {self.path} ({len(self)} rows)")
+
+    def id(self, row):  # the input's id of one row (None when it had no id field): reads only its shard's ids
+        shard = self._shard_of(row)
+        if "ids" not in shard:
+            return None
+        ids = json.loads((self.path / shard["ids"]["file"]).read_text(encoding="utf-8"))
+        return ids[row - shard["rows"][0]]
+
     def dequantize(self, block):  # stored rows -> float32 rows the score functions take
         if self.precision in ("float32", "float16"):
             return np.asarray(block, dtype=np.float32)
@@ -825,7 +838,7 @@ class Corpus:
                 return None
         except OSError:
             return None
-        shard = next(s for s in self.manifest["shards"] if s["rows"][0] <= row < s["rows"][1])
+        shard = self._shard_of(row)
         i = shard["index"]
         start = tuple(self.manifest["shards"][i - 1]["next"]) if i else (0, 0)
         o = self.manifest["options"]

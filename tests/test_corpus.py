@@ -103,7 +103,7 @@ def test_jsonl_ids_and_blank_lines(model, tmp_path):
     c = corpus.open_corpus(tmp_path / "e")
     assert m["rows"] == 50 and c.ids() == [f"d{i}" for i in range(50)]
     np.testing.assert_array_equal(c.embeddings(), model.encode(texts))
-    assert c.text(33) == texts[33] and c.text(0) == texts[0]
+    assert c.text(33) == texts[33] and c.text(0) == texts[0] and c.id(33) == "d33" and c.id(49) == "d49"
 
 
 def test_parquet_and_csv_inputs(model, tmp_path):
@@ -129,6 +129,24 @@ def test_parquet_and_csv_inputs(model, tmp_path):
         corpus.embed(model, tmp_path / "docs.parquet", out, shard_size=64, progress=interrupt_after(100))
     corpus.embed(model, tmp_path / "docs.parquet", out, shard_size=64)
     np.testing.assert_array_equal(corpus.open_corpus(out).embeddings(), want)
+
+
+def test_progress_line():
+    import io
+
+    tty = io.StringIO()
+    p = corpus.Progress(1000, 200, tty, True)
+    p.last -= 1
+    p.update(100, 2500)
+    line = tty.getvalue()
+    assert line.startswith("\r300/1,000 texts (30.0%)") and "texts/s" in line and "tokens/s" in line and "ETA" in line
+    log = io.StringIO()
+    p = corpus.Progress(1000, 0, log, False, log_every=10)
+    p.update(10, 100)
+    assert log.getvalue() == ""  # not yet: one line every 10 s off a terminal
+    p.last -= 11
+    p.update(10, 100)
+    assert log.getvalue().startswith("minibert: 20/1,000 texts (2.0%)") and log.getvalue().endswith("\n")
 
 
 def interrupt_after(n_texts):  # a progress that stops the run (as Ctrl-C would) after n_texts
