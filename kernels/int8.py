@@ -69,19 +69,24 @@ def quantize_columns(w):  # [K, N] float32 -> [K, N] int8, [N] float32: symmetri
 
 
 def int8_matrix(w):  # [K, N] float -> Int8Matrix
-    if w.ndim != 2 or not np.isfinite(w).all():
+    return int8_matrix_from_rows(np.asarray(w).T)
+
+
+def int8_matrix_from_rows(wt):  # [N, K] float (a checkpoint's [out, in] layout) -> Int8Matrix of its [K, N]
+    """The same quantization as ``quantize_columns`` of ``wt.T``, bit for bit (a column's max and
+    each element's rounding do not depend on the layout), without a transposed float32 copy: only
+    the int8 result is transposed, into the kernel's packed form."""
+    if wt.ndim != 2 or not np.isfinite(wt).all():
         raise ValueError("int8_matrix: w must be a finite 2-D matrix")
-    q, scale = quantize_columns(np.asarray(w, dtype=np.float32))
-    k, n = q.shape
+    qt, scale = quantize_columns(np.asarray(wt, dtype=np.float32).T)  # (a transposed view: no copy)
+    n, k = qt.T.shape
     k4, n64 = -(-k // K_GROUP), -(-n // TILE_COLUMNS) * TILE_COLUMNS
-    padded = q
-    if (k4 * K_GROUP, n64) != q.shape:  # zero rows and columns add nothing
-        padded = np.zeros((k4 * K_GROUP, n64), dtype=np.int8)
-        padded[:k, :n] = q
-    # [K4, 4, N64/16, 16] -> [N64/16, K4, 16, 4]: the 4 bytes of one lane adjacent, 16 lanes a vector
-    lanes = padded.reshape(k4, K_GROUP, n64 // 16, 16).transpose(2, 0, 3, 1)
+    padded = np.zeros((n64, k4 * K_GROUP), dtype=np.int8)  # zero rows and columns add nothing
+    padded[:n, :k] = qt.T
+    # [N64/16, 16, K4, 4] -> [N64/16, K4, 16, 4]: the 4 bytes of one lane adjacent, 16 lanes a vector
+    lanes = padded.reshape(n64 // 16, 16, k4, K_GROUP).transpose(0, 2, 1, 3)
     packed = np.ascontiguousarray(lanes).view(np.int32).reshape(n64 // 16 * k4, 16)
-    colsum = q.sum(axis=0, dtype=np.int32).astype(np.float32)
+    colsum = qt.sum(axis=0, dtype=np.int32).astype(np.float32)
     wide_colsum, wide_scale = np.zeros((1, n64), dtype=np.float32), np.zeros((1, n64), dtype=np.float32)
     wide_colsum[0, :n], wide_scale[0, :n] = colsum, scale
     return Int8Matrix((k, n), scale, colsum, packed, wide_colsum, wide_scale)

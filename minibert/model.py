@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minibert.kernels.int8 import int8_matrix
+from minibert.kernels.int8 import int8_matrix_from_rows
 
 from . import bert, engine, threads, util
 from .config import load_config
@@ -96,7 +96,7 @@ class SentenceEncoder:
                 f"{self.path}: the pooling config expects {p.pooling_dim}-dim tokens, "
                 f"the encoder makes {self.config.dim}"
             )
-        quantize = int8_matrix if self.precision == "int8" else None
+        quantize = int8_matrix_from_rows if self.precision == "int8" else None
         self.weights = load_encoder_weights(weights_path, self.config, self.dtype, matrix=quantize)
         stat = weights_path.stat()  # load_encoder_weights checked that the file did not change while it read it
         self._weights_stat = (stat.st_size, stat.st_mtime_ns)

@@ -270,8 +270,9 @@ def empty_aligned(shape, dtype):  # -> an uninitialised C-contiguous array start
 
 
 def load_encoder_weights(path, cfg, dtype, matrix=None):  # Path, EncoderConfig, np.dtype -> EncoderWeights
-    """``matrix``: applied to each dense layer's [in, out] matrix as it is read (precision="int8"
-    quantizes there, so that the float32 matrices never all exist at once)."""
+    """``matrix``: applied to each dense layer's [out, in] matrix (the checkpoint's layout) as it is
+    read, in place of the transposed [in, out] float copy (precision="int8" quantizes there, so that
+    the float32 matrices never all exist at once)."""
     st = read_safetensors(path)
     held = _layer_indices(st, cfg.arch)
     if held != set(range(cfg.n_layers)):
@@ -340,9 +341,12 @@ def load_encoder_weights(path, cfg, dtype, matrix=None):  # Path, EncoderConfig,
             lins, lns = plan[i]
             fields = {}
             for field, (ws, bs) in lins.items():
-                w = transposed(ws)
                 try:
-                    fields[field + "_w"] = matrix(w) if matrix is not None else w
+                    if matrix is None:
+                        fields[field + "_w"] = transposed(ws)
+                    else:  # [out, in] as stored: Q, K and V one after the other
+                        rows = [read(t) for t in ws]
+                        fields[field + "_w"] = matrix(rows[0] if len(rows) == 1 else np.concatenate(rows))
                 except ValueError:  # (int8_matrix refuses NaN and inf)
                     raise CheckpointError(
                         f"{path}: block {i}'s {field} weights hold non-finite values (NaN or inf): "

@@ -44,6 +44,14 @@ def test_weights_quantized_per_column():
     assert q.dtype == np.int8 and np.abs(q).max() <= 127
     with pytest.raises(ValueError, match="finite"):
         int8_matrix(np.array([[np.nan]], dtype=np.float32))
+    # quantized from the checkpoint's [out, in] layout (as a load does): the same int8 values and scales
+    for k, n in [(3, 2), (37, 70), (384, 1536)]:
+        w = (np.random.default_rng(k).standard_normal((k, n)) * 0.05).astype(np.float32)
+        m = int8_matrix(np.ascontiguousarray(w))
+        q, scale = quantize_columns(w.copy())
+        np.testing.assert_array_equal(m.q, q)
+        np.testing.assert_array_equal(m.scale, scale)
+        np.testing.assert_array_equal(m.colsum, q.sum(axis=0).astype(np.float32))
 
 
 @pytest.fixture(scope="module")
