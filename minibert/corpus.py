@@ -561,97 +561,102 @@ def embed(
         _pyarrow("--parquet")
     _prepare_output(out)
 
-    info = scan_input(input_path, fmt, field, id_field)
-    import minibert
+    lock = _lock(out)
+    try:
+        info = scan_input(input_path, fmt, field, id_field)
+        import minibert
 
-    manifest = {
-        "format": FORMAT,
-        "minibert_version": minibert.__version__,
-        "model": _model_entry(model, model_name or model.source),
-        "options": {
-            "field": field,
-            "id_field": id_field,
-            "precision": precision,
-            "normalize_embeddings": bool(normalize_embeddings),
-            "shard_size": shard_size,
-            "formats": ["npy", "parquet"] if parquet else ["npy"],
-            "calibration": None,
-        },
-        "input": {"path": str(input_path.resolve()), "format": fmt, "size": info["size"], "sha256": info["sha256"]},
-        "embedding": {"dim": model.get_embedding_dimension(), "dtype": None, "ranges": None},
-        "rows": info["rows"],
-        "shards": [],
-        "complete": False,
-    }
-    if calibration is not None:
-        c = Path(calibration)
-        manifest["options"]["calibration"] = {"path": str(c.resolve()), **scan_input(c, input_format(c), field)}
-    out_dtype = np.dtype(_out_dtype(precision, model.dtype))
-    manifest["embedding"]["dtype"] = out_dtype.name
-    manifest = _resume_or_start(out, manifest, overwrite, log)
-    if manifest["complete"]:
-        log(f"{out}: already complete ({manifest['rows']:,} rows in {len(manifest['shards'])} shards)")
-        return manifest
-
-    normalize = normalize_embeddings
-
-    def encode(texts):  # -> float [n, dim], updating the progress in slices of a few batches
-        emb = np.empty((len(texts), model.get_embedding_dimension()), dtype=model.dtype)
-        step = max(batch_size * 16, 512)
-        for s in range(0, len(texts), step):
-            part = texts[s : s + step]
-            emb[s : s + len(part)] = model.encode(part, batch_size=batch_size, normalize_embeddings=normalize)
-            if progress is not None:
-                progress.update(len(part), sum(len(x) for x in model.tokenize(part)))
-        return emb
-
-    if precision in ("int8", "uint8") and manifest["embedding"]["ranges"] is None:
+        manifest = {
+            "format": FORMAT,
+            "minibert_version": minibert.__version__,
+            "model": _model_entry(model, model_name or model.source),
+            "options": {
+                "field": field,
+                "id_field": id_field,
+                "precision": precision,
+                "normalize_embeddings": bool(normalize_embeddings),
+                "shard_size": shard_size,
+                "formats": ["npy", "parquet"] if parquet else ["npy"],
+                "calibration": None,
+            },
+            "input": {"path": str(input_path.resolve()), "format": fmt, "size": info["size"], "sha256": info["sha256"]},
+            "embedding": {"dim": model.get_embedding_dimension(), "dtype": None, "ranges": None},
+            "rows": info["rows"],
+            "shards": [],
+            "complete": False,
+        }
         if calibration is not None:
             c = Path(calibration)
-            sample = [t for t, _, _ in iter_rows(c, input_format(c), field)]
-            cal = model.encode(sample, batch_size=batch_size, normalize_embeddings=normalize_embeddings)
-            source = f"{len(sample)} texts of {c}"
-        else:
-            first = [t for t, _, _ in _take(iter_rows(input_path, fmt, field, id_field), shard_size)]
-            cal = model.encode(first, batch_size=batch_size, normalize_embeddings=normalize_embeddings)
-            source = f"the first {len(first)} rows"
-        if len(cal) < 2:
-            raise CorpusError(f"{precision} output needs at least 2 calibration texts for its ranges, got {len(cal)}")
-        ranges = util._quantization_ranges(cal.astype(np.float32), precision, None)
-        manifest["embedding"]["ranges"] = ranges.tolist()
-        manifest["embedding"]["ranges_from"] = source
-        _save_manifest(out, manifest)
-    ranges = manifest["embedding"]["ranges"]
-    ranges = None if ranges is None else np.asarray(ranges, np.float32)
+            manifest["options"]["calibration"] = {"path": str(c.resolve()), **scan_input(c, input_format(c), field)}
+        out_dtype = np.dtype(_out_dtype(precision, model.dtype))
+        manifest["embedding"]["dtype"] = out_dtype.name
+        manifest = _resume_or_start(out, manifest, overwrite, log)
+        if manifest["complete"]:
+            log(f"{out}: already complete ({manifest['rows']:,} rows in {len(manifest['shards'])} shards)")
+            return manifest
 
-    shards = manifest["shards"]
-    start = tuple(shards[-1]["next"]) if shards else (0, 0)
-    first_row = shards[-1]["rows"][1] if shards else 0
-    rows = iter_rows(input_path, fmt, field, id_field, start)
-    if progress is not None and not isinstance(progress, Progress):
-        progress = progress(manifest["rows"], first_row)
-    try:
-        while True:
-            chunk = _take(rows, shard_size)
-            if not chunk:
-                break
-            texts = [t for t, _, _ in chunk]
-            ids = [i for _, i, _ in chunk] if id_field is not None else None
-            emb = quantize(encode(texts), precision, ranges)
-            i = len(shards)
-            entry = {"index": i, "rows": [first_row, first_row + len(chunk)], "next": list(chunk[-1][2])}
-            entry.update(_write_shard(out, i, emb, ids, first_row, manifest["options"]["formats"]))
-            shards.append(entry)
-            first_row += len(chunk)
+        normalize = normalize_embeddings
+
+        def encode(texts):  # -> float [n, dim], updating the progress in slices of a few batches
+            emb = np.empty((len(texts), model.get_embedding_dimension()), dtype=model.dtype)
+            step = max(batch_size * 16, 512)
+            for s in range(0, len(texts), step):
+                part = texts[s : s + step]
+                emb[s : s + len(part)] = model.encode(part, batch_size=batch_size, normalize_embeddings=normalize)
+                if progress is not None:
+                    progress.update(len(part), sum(len(x) for x in model.tokenize(part)))
+            return emb
+
+        if precision in ("int8", "uint8") and manifest["embedding"]["ranges"] is None:
+            if calibration is not None:
+                c = Path(calibration)
+                sample = [t for t, _, _ in iter_rows(c, input_format(c), field)]
+                cal = model.encode(sample, batch_size=batch_size, normalize_embeddings=normalize_embeddings)
+                source = f"{len(sample)} texts of {c}"
+            else:
+                first = [t for t, _, _ in _take(iter_rows(input_path, fmt, field, id_field), shard_size)]
+                cal = model.encode(first, batch_size=batch_size, normalize_embeddings=normalize_embeddings)
+                source = f"the first {len(first)} rows"
+            if len(cal) < 2:
+                raise CorpusError(f"{precision} output needs 2 or more calibration texts, got {len(cal)}")
+            ranges = util._quantization_ranges(cal.astype(np.float32), precision, None)
+            manifest["embedding"]["ranges"] = ranges.tolist()
+            manifest["embedding"]["ranges_from"] = source
             _save_manifest(out, manifest)
+        ranges = manifest["embedding"]["ranges"]
+        ranges = None if ranges is None else np.asarray(ranges, np.float32)
+
+        shards = manifest["shards"]
+        start = tuple(shards[-1]["next"]) if shards else (0, 0)
+        first_row = shards[-1]["rows"][1] if shards else 0
+        rows = iter_rows(input_path, fmt, field, id_field, start)
+        if progress is not None and not isinstance(progress, Progress):
+            progress = progress(manifest["rows"], first_row)
+        try:
+            while True:
+                chunk = _take(rows, shard_size)
+                if not chunk:
+                    break
+                texts = [t for t, _, _ in chunk]
+                ids = [i for _, i, _ in chunk] if id_field is not None else None
+                emb = quantize(encode(texts), precision, ranges)
+                i = len(shards)
+                entry = {"index": i, "rows": [first_row, first_row + len(chunk)], "next": list(chunk[-1][2])}
+                entry.update(_write_shard(out, i, emb, ids, first_row, manifest["options"]["formats"]))
+                shards.append(entry)
+                first_row += len(chunk)
+                _save_manifest(out, manifest)
+        finally:
+            if isinstance(progress, Progress):
+                progress.close()
+        if first_row != manifest["rows"]:
+            n = manifest["rows"]
+            raise CorpusError(f"{input_path} changed while it was embedded: {first_row} rows, {n} at first")
+        manifest["complete"] = True
+        _save_manifest(out, manifest)
+        return manifest
     finally:
-        if isinstance(progress, Progress):
-            progress.close()
-    if first_row != manifest["rows"]:
-        raise CorpusError(f"{input_path} changed while it was embedded: {first_row} rows, {manifest['rows']} at first")
-    manifest["complete"] = True
-    _save_manifest(out, manifest)
-    return manifest
+        os.close(lock)  # (closing the file releases the lock)
 
 
 def _take(it, n):  # the next n items of an iterator (fewer at its end)
@@ -661,6 +666,21 @@ def _take(it, n):  # the next n items of an iterator (fewer at its end)
         if len(out) == n:
             break
     return out
+
+
+LOCK = ".minibert.lock"
+
+
+def _lock(out):  # -> an fd holding DIR/.minibert.lock: two runs writing one directory would undo each other
+    import fcntl
+
+    fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise CorpusError(f"--output {out}: another minibert embed is writing this directory; wait for it") from None
+    return fd
 
 
 def _prepare_output(out):  # the directory exists (or is made) and is writable, before any work
@@ -680,7 +700,7 @@ def _prepare_output(out):  # the directory exists (or is made) and is writable, 
 
 def _resume_or_start(out, manifest, overwrite, log):  # -> the manifest to continue from
     ours = _our_files(out)
-    others = [p.name for p in out.iterdir() if p not in ours]
+    others = [p.name for p in out.iterdir() if p not in ours and p.name != LOCK]
     old = None
     if (out / MANIFEST).exists() and not overwrite:
         old = read_manifest(out)

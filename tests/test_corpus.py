@@ -474,3 +474,22 @@ def test_a_failed_write_keeps_the_finished_shards(model, txt, tmp_path, monkeypa
     monkeypatch.setattr(np, "save", real_save)
     corpus.embed(model, path, out, shard_size=300)
     np.testing.assert_array_equal(corpus.open_corpus(out).embeddings(), model.encode(texts))
+
+
+def test_two_runs_on_one_directory_and_an_empty_input(model, txt, tmp_path):
+    path, _ = txt
+    out = tmp_path / "emb"
+    out.mkdir()
+    held = corpus._lock(out)  # as a run in progress holds it
+    try:
+        with pytest.raises(corpus.CorpusError, match="another minibert embed is writing this directory"):
+            corpus.embed(model, path, out)
+    finally:
+        os.close(held)
+    corpus.embed(model, path, out, shard_size=500)  # free again
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    m = corpus.embed(model, empty, tmp_path / "none")
+    c = corpus.open_corpus(tmp_path / "none")
+    assert m["complete"] and m["rows"] == 0 and c.embeddings().shape == (0, 32)
+    assert c.search(model.encode(["x"]), k=3) == [[]]
